@@ -1,0 +1,209 @@
+"""Masks over frozen weights: score init, thresholding and the masked weight of one layer.
+
+This module is the bottom of piggylab (paper §3). It knows about a single weight tensor
+and the real-valued *scores* that decide its *mask*; it knows nothing of networks, tasks
+files or training loops.
+
+- `init_scores` fills scores by one of the paper's schemes (`constant`, `uniform`, `weight`).
+- `threshold_scores` turns scores into a mask: `binary` {0, 1} or `ternary` {-1, 0, 1}.
+- `masked_weight` computes ``W * mask(scores)`` with the straight-through gradient
+  ``dL/dscores = dL/dW_eff * W`` (optionally divided by |W|, as the reference allows).
+- `MaskedWeight` is a `torch.nn.utils.parametrize` parametrization that holds one mask per
+  task for one weight: the frozen weight stays at ``parametrizations.<name>.original``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+MASK_KINDS = ("binary", "ternary")
+INIT_SCHEMES = ("constant", "uniform", "weight")
+GRAD_SCALINGS = ("none", "layer", "elementwise")
+
+DEFAULT_THRESHOLD = 5e-3
+"""tau of the reference code: a score above it keeps its weight."""
+
+DEFAULT_SCALE = {"constant": 1e-2, "uniform": 1e-2, "weight": 1.0}
+"""Per init scheme: the constant, the half-width of the uniform range, or the multiplier of
+mean |W| (the reference's 1e-2 with tau 5e-3 starts from an all-ones mask)."""
+
+
+def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def _finite_number(value: float, what: str, *, positive: bool = False) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        kind = "a positive" if positive else "a non-negative"
+        raise ValueError(f"{what} must be {kind} finite number, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """How one task's mask is made: its kind, cut-off, score init and gradient scaling.
+
+    `threshold` is tau: binary masks keep weights whose score is above tau; ternary masks
+    (paper §3, "ternary masks") map s < 0 to -1, 0 <= s <= tau to 0 and s > tau to +1, the
+    reference's two cut-offs. `grad_scaling` divides score gradients by the layer's mean |W|
+    (`layer`) or by |W| itself (`elementwise`), the reference's optional normalisation.
+    """
+
+    kind: str = "binary"
+    threshold: float = DEFAULT_THRESHOLD
+    init: str = "constant"
+    scale: float | None = None
+    grad_scaling: str = "none"
+
+    def __post_init__(self) -> None:
+        _choice(self.kind, MASK_KINDS, "mask kind")
+        _choice(self.init, INIT_SCHEMES, "score init")
+        _choice(self.grad_scaling, GRAD_SCALINGS, "gradient scaling")
+        _finite_number(self.threshold, "threshold")
+        if self.scale is not None:
+            _finite_number(self.scale, "scale", positive=True)
+
+    @property
+    def init_scale(self) -> float:
+        return DEFAULT_SCALE[self.init] if self.scale is None else float(self.scale)
+
+
+def init_scores(weight: Tensor, config: MaskConfig) -> Tensor:
+    """New scores for `weight` by the paper's schemes (§3, "initialization").
+
+    `constant` (default): every score equals the scale (1e-2 > tau), so the mask starts all
+    ones and training starts exactly from the pretrained network, the scheme that works.
+    `uniform`: scores drawn from U(-scale, scale), so part of the mask starts off.
+    `weight`: every score of the layer equals scale * mean |W| (the reference's weight-based
+    init). Uses the global torch RNG, so `torch.manual_seed` makes it repeatable.
+    """
+    scale = config.init_scale
+    scores = torch.empty_like(weight, dtype=torch.float32)
+    if config.init == "constant":
+        return scores.fill_(scale)
+    if config.init == "uniform":
+        return scores.uniform_(-scale, scale)
+    return scores.fill_(scale * weight.detach().abs().mean().item())
+
+
+def threshold_scores(scores: Tensor, kind: str = "binary", threshold: float = DEFAULT_THRESHOLD) -> Tensor:
+    """The mask of `scores`: bool for `binary`, int8 in {-1, 0, 1} for `ternary`."""
+    if kind == "binary":
+        return scores > threshold
+    _choice(kind, MASK_KINDS, "mask kind")
+    return (scores > threshold).to(torch.int8) - (scores < 0).to(torch.int8)
+
+
+class _StraightThroughMask(torch.autograd.Function):
+    """W * mask(s) forward; the identity through the threshold backward (paper §3)."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, scores: Tensor, kind: str, threshold: float, grad_scaling: str) -> Tensor:
+        ctx.save_for_backward(weight)
+        ctx.grad_scaling = grad_scaling
+        mask = threshold_scores(scores, kind, threshold)
+        return weight * mask.to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        (weight,) = ctx.saved_tensors
+        grad_scores = grad_output * weight
+        if ctx.grad_scaling == "layer":
+            grad_scores = grad_scores / weight.abs().mean().clamp_min(1e-12)
+        elif ctx.grad_scaling == "elementwise":
+            grad_scores = grad_scores / weight.abs().clamp_min(1e-12)
+        return None, grad_scores.to(torch.float32), None, None, None
+
+
+def masked_weight(weight: Tensor, scores: Tensor, config: MaskConfig) -> Tensor:
+    """``weight * mask(scores)`` with the straight-through gradient to `scores` only."""
+    return _StraightThroughMask.apply(weight, scores, config.kind, config.threshold, config.grad_scaling)
+
+
+class MaskedWeight(nn.Module):
+    """Parametrization of one frozen weight by one mask per task.
+
+    Registered with `torch.nn.utils.parametrize.register_parametrization`, so the frozen
+    weight lives at ``module.parametrizations.<name>.original`` and ``module.<name>`` reads
+    ``original * mask`` for the active task. A task being trained has float `scores`
+    (``self.scores[task]``); `freeze` replaces them by the thresholded `mask`
+    (``self.masks.<task>``, bool or int8), which is all a trained task keeps.
+    With no active task the weight is the original one. A fixed mask's masked weight is
+    cached until the task, the device or the mask changes (the original never does).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores = nn.ParameterDict()
+        self.masks = nn.Module()
+        self.configs: dict[str, MaskConfig] = {}
+        self.active: str | None = None
+        self._merged: Tensor | None = None
+        self._merged_key: tuple | None = None
+
+    # -- tasks -----------------------------------------------------------------------
+    def add_task(self, task: str, original: Tensor, config: MaskConfig) -> None:
+        self.configs[task] = config
+        self.scores[task] = nn.Parameter(init_scores(original, config).to(original.device))
+
+    def remove_task(self, task: str) -> None:
+        self.configs.pop(task)
+        if task in self.scores:
+            del self.scores[task]
+        if hasattr(self.masks, task):
+            delattr(self.masks, task)
+        self.clear_cache()
+
+    def mask(self, task: str) -> Tensor:
+        """The task's current mask (bool for binary, int8 for ternary), without gradient."""
+        if task in self.scores:
+            config = self.configs[task]
+            return threshold_scores(self.scores[task].detach(), config.kind, config.threshold)
+        return self.masks.get_buffer(task)
+
+    def set_mask(self, task: str, mask: Tensor, config: MaskConfig) -> None:
+        """Fix the task's mask (dropping its scores, if any)."""
+        self.configs[task] = config
+        if task in self.scores:
+            del self.scores[task]
+        self.masks.register_buffer(task, mask)
+        self.clear_cache()
+
+    def freeze(self, task: str) -> None:
+        """Keep only the thresholded mask of a trained task (1 bit per weight, paper §3)."""
+        if task in self.scores:
+            self.set_mask(task, self.mask(task), self.configs[task])
+
+    def clear_cache(self) -> None:
+        self._merged, self._merged_key = None, None
+
+    # -- the parametrization ---------------------------------------------------------
+    def forward(self, original: Tensor) -> Tensor:
+        task = self.active
+        if task is None:
+            return original
+        if task in self.scores:
+            return masked_weight(original, self.scores[task], self.configs[task])
+        return self.merged(original)
+
+    def merged(self, original: Tensor) -> Tensor:
+        """The cached ``original * mask`` of the active, fixed-mask task."""
+        key = (self.active, original.device, original.dtype, original._version)
+        if self._merged_key != key:
+            mask = self.masks.get_buffer(self.active)
+            if self._merged is None or self._merged.shape != original.shape or self._merged.device != original.device:
+                self._merged = torch.empty_like(original)
+            torch.mul(original, mask, out=self._merged)
+            self._merged_key = key
+        return self._merged
+
+    def _apply(self, fn, recurse=True):  # noqa: D401 - nn.Module hook: a device move drops the cache
+        self.clear_cache()
+        return super()._apply(fn, recurse)

@@ -1,0 +1,339 @@
+"""One frozen backbone, many tasks: the piggyback network (paper §3, §5.3).
+
+`PiggybackNet` wraps any torchvision-style classifier. Every `nn.Conv2d` and `nn.Linear`
+weight except the classifier's (and the projection weights kept inside
+`nn.MultiheadAttention`) gets a `MaskedWeight` parametrization; the classifier becomes a
+set of per-task heads; every batchnorm layer can hold per-task copies (task-specific BN,
+§5.3). The backbone's own parameters and buffers never change: they are frozen, and the
+shared batchnorm always runs on its stored statistics.
+
+This module holds tasks; it does not train them (see `piggylab.train`) nor write them to
+disk (see `piggylab.storage`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .masks import MaskConfig, MaskedWeight
+
+TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class Task:
+    """What a task is, apart from its per-layer masks: head size, BN mode and labels."""
+
+    name: str
+    num_classes: int
+    mask: MaskConfig
+    task_bn: bool = False
+    class_names: list[str] = field(default_factory=list)
+
+
+class TaskHeads(nn.Module):
+    """The classifier slot of the backbone: one `nn.Linear` head per task."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.heads = nn.ModuleDict()
+        self.active: str | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.heads[self.active](x)
+
+
+class TaskBatchNorm(nn.Module):
+    """A backbone batchnorm layer, shared and frozen, plus optional per-task copies (§5.3).
+
+    Tasks without their own copy use the shared layer's affine parameters and running
+    statistics in inference mode, so training them can never move the backbone. A task with
+    task-specific BN trains its own copy (initialised from the shared one) in the usual way.
+    """
+
+    def __init__(self, shared: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.shared = shared
+        self.per_task = nn.ModuleDict()
+        self.active: str | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.active in self.per_task:
+            return self.per_task[self.active](x)
+        bn = self.shared
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+def _find_classifier(model: nn.Module, name: str | None) -> str:
+    if name is not None:
+        if not isinstance(model.get_submodule(name), nn.Linear):
+            raise ValueError(f"classifier {name!r} is not an nn.Linear layer")
+        return name
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+               and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)]
+    if not linears:
+        raise ValueError("cannot find the classifier: the model has no nn.Linear layer; pass classifier=")
+    return linears[-1]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _maskable_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """(module name, module, parameter name) of every weight Piggyback masks."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            yield name, module, "weight"
+        elif isinstance(module, nn.MultiheadAttention):
+            attrs = ["in_proj_weight"] if module._qkv_same_embed_dim else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+            for attr in attrs:
+                yield name, module, attr
+
+
+class PiggybackNet(nn.Module):
+    """A frozen backbone serving many tasks through learned weight masks.
+
+    >>> net = PiggybackNet(torchvision.models.resnet18(), backbone_name="resnet18")
+    >>> net.add_task("flowers", num_classes=102)   # mask all ones: the pretrained network
+    >>> net.set_task("flowers"); logits = net(images)
+
+    Masked: every Conv2d/Linear weight but the classifier's, and the input projections of
+    `nn.MultiheadAttention` (ViT attention). Not masked (frozen and shared): biases,
+    batchnorm/layernorm parameters, embeddings such as ViT's class token and position
+    embedding, and ConvNeXt's layer scales, as in the paper where only conv/fc weights are.
+    """
+
+    def __init__(self, backbone: nn.Module, *, backbone_name: str = "backbone", classifier: str | None = None) -> None:
+        super().__init__()
+        backbone = copy.deepcopy(backbone)
+        classifier = _find_classifier(backbone, classifier)
+        head_in = backbone.get_submodule(classifier).in_features
+        _set_submodule(backbone, classifier, TaskHeads(head_in))
+        self.classifier_name = classifier
+        self.backbone_name = backbone_name
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        self.masked_layers: dict[str, tuple[nn.Module, str]] = {}
+        for name, module, attr in list(_maskable_weights(backbone)):
+            parametrize.register_parametrization(module, attr, MaskedWeight())
+            key = name if attr == "weight" else f"{name}.{attr}"
+            self.masked_layers[key] = (module, attr)
+        if not self.masked_layers:
+            raise ValueError("the model has no Conv2d or Linear layer to mask besides its classifier")
+        for name, module in list(backbone.named_modules()):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                _set_submodule(backbone, name, TaskBatchNorm(module))
+        self.backbone = backbone
+        self.tasks: dict[str, Task] = {}
+        self.active_task: str | None = None
+        self._fingerprint: str | None = None
+
+    # -- structure -------------------------------------------------------------------
+    def parametrization(self, layer: str) -> MaskedWeight:
+        module, attr = self.masked_layers[layer]
+        return getattr(module.parametrizations, attr)[0]
+
+    def original_weight(self, layer: str) -> Tensor:
+        module, attr = self.masked_layers[layer]
+        return getattr(module.parametrizations, attr).original
+
+    def parametrizations(self) -> Iterator[MaskedWeight]:
+        for layer in self.masked_layers:
+            yield self.parametrization(layer)
+
+    @property
+    def heads(self) -> TaskHeads:
+        return self.backbone.get_submodule(self.classifier_name)
+
+    def batchnorms(self) -> Iterator[tuple[str, TaskBatchNorm]]:
+        for name, module in self.backbone.named_modules():
+            if isinstance(module, TaskBatchNorm):
+                yield name, module
+
+    @property
+    def num_masked_weights(self) -> int:
+        return sum(self.original_weight(layer).numel() for layer in self.masked_layers)
+
+    def fingerprint(self) -> str:
+        """SHA-256 (first 16 hex digits) of the frozen backbone: weights, biases, BN statistics."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, tensor in self.backbone_state().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def backbone_state(self) -> dict[str, Tensor]:
+        """The shared, frozen tensors of the backbone (no task's scores, masks, heads or BN)."""
+        task_parts = (".scores.", ".masks.", ".per_task.", ".heads.")
+        return {k: v for k, v in self.backbone.state_dict().items() if not any(p in f".{k}" for p in task_parts)}
+
+    # -- tasks -----------------------------------------------------------------------
+    def _check_task(self, task: str) -> None:
+        if task not in self.tasks:
+            known = ", ".join(self.tasks) or "none yet"
+            raise KeyError(f"unknown task {task!r}; known tasks: {known}")
+
+    def add_task(self, name: str, num_classes: int, *, mask: MaskConfig | None = None, task_bn: bool = False,
+                 class_names: list[str] | None = None, activate: bool = True) -> Task:
+        """Add a task with a fresh head and fresh scores; by default it becomes the active task.
+
+        With the default `MaskConfig` (binary, tau 5e-3, constant init 1e-2) the mask starts all
+        ones, i.e. the new task starts from the pretrained network (paper §3).
+        """
+        if not isinstance(name, str) or not TASK_NAME.match(name):
+            raise ValueError(f"task name {name!r} must be letters, digits, '_' or '-', starting with a letter or '_'")
+        if name in self.tasks:
+            raise ValueError(f"task {name!r} already exists; remove it first")
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        class_names = list(class_names) if class_names is not None else []
+        if class_names and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
+        mask = mask or MaskConfig()
+        device = self.original_weight(next(iter(self.masked_layers))).device
+        for layer in self.masked_layers:
+            self.parametrization(layer).add_task(name, self.original_weight(layer), mask)
+        self.heads.heads[name] = nn.Linear(self.heads.in_features, int(num_classes)).to(device)
+        if task_bn:
+            for _, bn in self.batchnorms():
+                own = copy.deepcopy(bn.shared)
+                own.requires_grad_(True)
+                bn.per_task[name] = own
+        self.tasks[name] = Task(name, int(num_classes), mask, task_bn, class_names)
+        if activate or self.active_task is None:
+            self.set_task(name)
+        return self.tasks[name]
+
+    def set_task(self, name: str) -> None:
+        """Make `name` the task the network computes; masked weights are recomputed eagerly."""
+        self._check_task(name)
+        self.active_task = name
+        self.heads.active = name
+        for _, bn in self.batchnorms():
+            bn.active = name
+        with torch.no_grad():
+            for layer, (module, attr) in self.masked_layers.items():
+                p = self.parametrization(layer)
+                p.active = name
+                if name not in p.scores:
+                    p.merged(getattr(module.parametrizations, attr).original)
+
+    def remove_task(self, name: str) -> None:
+        self._check_task(name)
+        for p in self.parametrizations():
+            p.remove_task(name)
+        del self.heads.heads[name]
+        for _, bn in self.batchnorms():
+            if name in bn.per_task:
+                del bn.per_task[name]
+        del self.tasks[name]
+        if self.active_task == name:
+            self.active_task = None
+            remaining = list(self.tasks)
+            if remaining:
+                self.set_task(remaining[0])
+
+    def freeze_task(self, name: str) -> None:
+        """Replace the task's scores by its thresholded masks: all a trained task keeps (§3)."""
+        self._check_task(name)
+        for p in self.parametrizations():
+            p.freeze(name)
+        if self.active_task == name:
+            self.set_task(name)
+
+    def is_frozen(self, name: str) -> bool:
+        self._check_task(name)
+        return name not in self.parametrization(next(iter(self.masked_layers))).scores
+
+    def masks(self, name: str) -> dict[str, Tensor]:
+        """Per masked layer, the task's mask (bool for binary, int8 for ternary)."""
+        self._check_task(name)
+        return {layer: self.parametrization(layer).mask(name) for layer in self.masked_layers}
+
+    def set_masks(self, name: str, masks: dict[str, Tensor]) -> None:
+        """Fix the task's masks (for loading); shapes must match the backbone's weights."""
+        self._check_task(name)
+        config = self.tasks[name].mask
+        for layer in self.masked_layers:
+            p, original = self.parametrization(layer), self.original_weight(layer)
+            mask = masks[layer].to(original.device)
+            if mask.shape != original.shape:
+                raise ValueError(f"mask for {layer} has shape {tuple(mask.shape)}, weight has {tuple(original.shape)}")
+            p.set_mask(name, mask, config)
+        if self.active_task == name:
+            self.set_task(name)
+
+    def task_parameters(self, name: str, *, scores: bool = True, head: bool = True, bn: bool = True) -> list[nn.Parameter]:
+        """The trainable tensors of one task (never a backbone tensor)."""
+        self._check_task(name)
+        params: list[nn.Parameter] = []
+        if scores:
+            params += [p.scores[name] for p in self.parametrizations() if name in p.scores]
+        if head:
+            params += list(self.heads.heads[name].parameters())
+        if bn:
+            params += [q for _, b in self.batchnorms() if name in b.per_task for q in b.per_task[name].parameters()]
+        return params
+
+    def task_state(self, name: str) -> dict[str, Tensor]:
+        """The head and task-specific BN tensors of one task (its masks apart)."""
+        self._check_task(name)
+        state = {f"head.{k}": v for k, v in self.heads.heads[name].state_dict().items()}
+        for layer, bn in self.batchnorms():
+            if name in bn.per_task:
+                state.update({f"bn.{layer}.{k}": v for k, v in bn.per_task[name].state_dict().items()})
+        return state
+
+    def load_task_state(self, name: str, state: dict[str, Tensor]) -> None:
+        self._check_task(name)
+        self.heads.heads[name].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        for layer, bn in self.batchnorms():
+            if name in bn.per_task:
+                prefix = f"bn.{layer}."
+                bn.per_task[name].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    # -- computing -------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if self.active_task is None:
+            raise RuntimeError("no active task: add one with add_task(...) or choose one with set_task(...)")
+        return self.backbone(x)
+
+    def individual_network(self, name: str) -> nn.Module:
+        """A plain, fully trainable copy of the backbone with the task's head and BN:
+        the paper's fine-tuning baseline ("individual networks") starts from it."""
+        self._check_task(name)
+        model = copy.deepcopy(self.backbone)
+        for layer, (module, attr) in list(_named_masked(model, self.masked_layers)):
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+        _set_submodule(model, self.classifier_name, copy.deepcopy(self.heads.heads[name]))
+        for layer, bn in list(model.named_modules()):
+            if isinstance(bn, TaskBatchNorm):
+                _set_submodule(model, layer, copy.deepcopy(bn.per_task[name] if name in bn.per_task else bn.shared))
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def extra_repr(self) -> str:
+        return (f"backbone={self.backbone_name!r}, masked_layers={len(self.masked_layers)}, "
+                f"masked_weights={self.num_masked_weights}, tasks={list(self.tasks)}, active={self.active_task!r}")
+
+
+def _named_masked(model: nn.Module, layers: dict[str, tuple[nn.Module, str]]) -> Iterator[tuple[str, tuple[nn.Module, str]]]:
+    """The (module, attribute) pairs of `layers`, looked up in a copy of the backbone."""
+    for layer, (_, attr) in layers.items():
+        module_name = layer[: -len(attr) - 1] if layer.endswith(f".{attr}") and attr != "weight" else layer
+        yield layer, (model.get_submodule(module_name), attr)
