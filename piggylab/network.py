@@ -187,6 +187,11 @@ class PiggybackNet(nn.Module):
             known = ", ".join(self.tasks) or "none yet"
             raise KeyError(f"unknown task {task!r}; known tasks: {known}")
 
+    def task(self, name: str) -> Task:
+        """The task called `name` (KeyError naming the known tasks if there is none)."""
+        self._check_task(name)
+        return self.tasks[name]
+
     def add_task(self, name: str, num_classes: int, *, mask: MaskConfig | None = None, task_bn: bool = False,
                  class_names: list[str] | None = None, activate: bool = True) -> Task:
         """Add a task with a fresh head and fresh scores; by default it becomes the active task.
@@ -208,15 +213,21 @@ class PiggybackNet(nn.Module):
         for layer in self.masked_layers:
             self.parametrization(layer).add_task(name, self.original_weight(layer), mask)
         self.heads.heads[name] = nn.Linear(self.heads.in_features, int(num_classes)).to(device)
+        self.tasks[name] = Task(name, int(num_classes), mask, False, class_names)
         if task_bn:
-            for _, bn in self.batchnorms():
-                own = copy.deepcopy(bn.shared)
-                own.requires_grad_(True)
-                bn.per_task[name] = own
-        self.tasks[name] = Task(name, int(num_classes), mask, task_bn, class_names)
+            self.add_task_bn(name)
         if activate or self.active_task is None:
             self.set_task(name)
         return self.tasks[name]
+
+    def add_task_bn(self, name: str) -> None:
+        """Give the task its own copy of every batchnorm layer, starting from the backbone's (§5.3)."""
+        self._check_task(name)
+        for _, bn in self.batchnorms():
+            own = copy.deepcopy(bn.shared)
+            own.requires_grad_(True)
+            bn.per_task[name] = own
+        self.tasks[name].task_bn = True
 
     def set_task(self, name: str) -> None:
         """Make `name` the task the network computes; masked weights are recomputed eagerly."""
@@ -317,8 +328,9 @@ class PiggybackNet(nn.Module):
         the paper's fine-tuning baseline ("individual networks") starts from it."""
         self._check_task(name)
         model = copy.deepcopy(self.backbone)
-        for layer, (module, attr) in list(_named_masked(model, self.masked_layers)):
-            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+        for module in model.modules():
+            if parametrize.is_parametrized(module):
+                _drop_parametrizations(module)
         _set_submodule(model, self.classifier_name, copy.deepcopy(self.heads.heads[name]))
         for layer, bn in list(model.named_modules()):
             if isinstance(bn, TaskBatchNorm):
@@ -332,8 +344,15 @@ class PiggybackNet(nn.Module):
                 f"masked_weights={self.num_masked_weights}, tasks={list(self.tasks)}, active={self.active_task!r}")
 
 
-def _named_masked(model: nn.Module, layers: dict[str, tuple[nn.Module, str]]) -> Iterator[tuple[str, tuple[nn.Module, str]]]:
-    """The (module, attribute) pairs of `layers`, looked up in a copy of the backbone."""
-    for layer, (_, attr) in layers.items():
-        module_name = layer[: -len(attr) - 1] if layer.endswith(f".{attr}") and attr != "weight" else layer
-        yield layer, (model.get_submodule(module_name), attr)
+def _drop_parametrizations(module: nn.Module) -> None:
+    """Turn a (copied) parametrized module back into a plain one holding its original tensors.
+
+    `parametrize.remove_parametrizations` would delete the property from the parametrized
+    class, which a deep copy shares with the original network, so the class is swapped back
+    here instead.
+    """
+    originals = {attr: p.original for attr, p in module.parametrizations.items()}
+    del module._modules["parametrizations"]
+    module.__class__ = module.__class__.__bases__[0]
+    for attr, original in originals.items():
+        module.register_parameter(attr, nn.Parameter(original.detach()))

@@ -1,0 +1,268 @@
+"""One trainer for every method of the lab: piggyback, fine-tuning and classifier-only.
+
+`Trainer(method=...).fit(net, task, train_loader, val_loader)` trains one task of a
+`PiggybackNet` and returns its history as a pandas DataFrame, one row per epoch.
+
+- `piggyback`: Adam on the task's scores and head (paper §4: the reference always uses Adam
+  for scores); the backbone never changes. With task-specific BN (§5.3) the task's own BN
+  copy is trained too. At the end the scores are frozen into the 1-bit mask.
+- `classifier`: the head (and task BN, if any) only, the mask stays all ones.
+- `finetune`: the paper's "individual network" baseline: a full copy of the backbone with the
+  task's head, all weights trained (SGD with momentum by default). The trained copy is left
+  at ``trainer.model``; the shared network is untouched.
+
+Callbacks, as in minGPT: ``trainer.add_callback("on_step_end" | "on_epoch_end", fn)`` with
+``fn(trainer, record)``. This module does not know about files, plots or notebooks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .network import PiggybackNet
+
+METHODS = ("piggyback", "finetune", "classifier")
+BN_MODES = ("frozen", "task")
+OPTIMIZERS = ("adam", "sgd")
+EVENTS = ("on_step_end", "on_epoch_end")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run; defaults are a short run on the embedded tasks.
+
+    `lr` is the head's (and, for `finetune`, every weight's) learning rate, `lr_scores` the
+    masks'. The learning rate is multiplied by `lr_decay` at each epoch in `decay_epochs`.
+    `bn_mode`: `frozen` keeps the backbone's BN, `task` trains the task's own BN copy (§5.3,
+    created if the task has none), None follows the task's own setting. Fine-tuning always
+    trains BN, as the paper's baseline does.
+    """
+
+    method: str = "piggyback"
+    epochs: int = 5
+    lr: float = 1e-3
+    lr_scores: float = 1e-3
+    optimizer: str | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    decay_epochs: tuple[int, ...] = ()
+    lr_decay: float = 0.1
+    device: str = "auto"
+    seed: int = 0
+    amp: bool = True
+    bn_mode: str | None = None
+    freeze_at_end: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.bn_mode is not None and self.bn_mode not in BN_MODES:
+            raise ValueError(f"unknown bn_mode {self.bn_mode!r}; choose one of {', '.join(BN_MODES)}")
+        if int(self.epochs) < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        for name in ("lr", "lr_scores"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        self.decay_epochs = tuple(int(e) for e in self.decay_epochs)
+
+    @property
+    def optimizer_name(self) -> str:
+        return self.optimizer or ("sgd" if self.method == "finetune" else "adam")
+
+
+PAPER_RECIPES: dict[str, TrainConfig] = {
+    # §4: masks and classifier with Adam at 1e-4, 30 epochs, lr x0.1 after 15 (batch size 32).
+    "piggyback": TrainConfig("piggyback", epochs=30, lr=1e-4, lr_scores=1e-4, decay_epochs=(15,)),
+    # The individual-network baseline: SGD momentum 0.9 at 1e-3, 30 epochs, decay after 15.
+    "finetune": TrainConfig("finetune", epochs=30, lr=1e-3, optimizer="sgd", decay_epochs=(15,)),
+    "classifier": TrainConfig("classifier", epochs=30, lr=1e-4, decay_epochs=(15,)),
+}
+PAPER_BATCH_SIZE = 32
+
+
+def paper_recipe(method: str = "piggyback", **overrides) -> TrainConfig:
+    """The paper's hyper-parameters for `method`, with any field overridden."""
+    if method not in PAPER_RECIPES:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(PAPER_RECIPES)}")
+    return replace(PAPER_RECIPES[method], **overrides)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on GPUs that have it, fp16 (with a grad scaler) otherwise; off on CPU."""
+    if not enabled or device.type != "cuda":
+        return nullcontext(), None
+    if torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16), None
+    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def task_sparsity(net: PiggybackNet, task: str) -> float:
+    """Fraction of the task's mask entries that are 0 (paper §5), over all masked weights."""
+    zeros = sum(int((m == 0).sum()) for m in net.masks(task).values())
+    return zeros / net.num_masked_weights
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, *, task: str | None = None, device: str | torch.device = "auto",
+             amp: bool = True) -> float:
+    """Top-1 accuracy of `model` (of `task`, for a `PiggybackNet`) on `loader`, in eval mode."""
+    device = resolve_device(device)
+    if isinstance(model, PiggybackNet) and task is not None:
+        model.set_task(task)
+    was_training = model.training
+    model.eval().to(device)
+    autocast, _ = _autocast(device, amp)
+    correct = total = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast:
+            logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
+        total += y.numel()
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+@dataclass
+class Trainer:
+    """Trains one task by one method; see the module docstring.
+
+    >>> trainer = Trainer(TrainConfig("piggyback", epochs=3))
+    >>> history = trainer.fit(net, "greek", train_loader, val_loader)
+    """
+
+    config: TrainConfig = field(default_factory=TrainConfig)
+    progress: bool = True
+    callbacks: dict[str, list[Callable]] = field(default_factory=lambda: defaultdict(list))
+
+    def __post_init__(self) -> None:
+        self.model: nn.Module | None = None
+        self.history: pd.DataFrame | None = None
+
+    def add_callback(self, event: str, fn: Callable) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; choose one of {', '.join(EVENTS)}")
+        self.callbacks[event].append(fn)
+
+    def _trigger(self, event: str, record: dict) -> None:
+        for fn in self.callbacks.get(event, []):
+            fn(self, record)
+
+    def _parameter_groups(self, net: PiggybackNet, task: str) -> tuple[nn.Module, list[dict]]:
+        cfg = self.config
+        if cfg.method == "finetune":
+            model = net.individual_network(task)
+            return model, [{"params": list(model.parameters()), "lr": cfg.lr}]
+        groups = [{"params": net.task_parameters(task, scores=False), "lr": cfg.lr}]
+        if cfg.method == "piggyback":
+            if net.is_frozen(task):
+                raise ValueError(f"task {task!r} was already trained and frozen into a mask; add a new task to train again")
+            groups.append({"params": net.task_parameters(task, head=False, bn=False), "lr": cfg.lr_scores})
+        return net, groups
+
+    def _optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        cfg = self.config
+        if cfg.optimizer_name == "sgd":
+            return torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+
+    def fit(self, net: PiggybackNet, task: str, train_loader: Iterable, val_loader: Iterable | None = None) -> pd.DataFrame:
+        """Train `task` of `net`; return the history (one row per epoch)."""
+        if not isinstance(net, PiggybackNet):
+            raise TypeError(f"fit() trains a task of a PiggybackNet, got {type(net).__name__}")
+        net._check_task(task)
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        if cfg.bn_mode == "task" and not net.tasks[task].task_bn:
+            net.add_task_bn(task)
+        elif cfg.bn_mode == "frozen" and net.tasks[task].task_bn:
+            raise ValueError(f"task {task!r} has task-specific BN; bn_mode='frozen' would ignore it")
+        net.set_task(task)
+        model, groups = self._parameter_groups(net, task)
+        model.to(device).train()
+        self.model = model
+        optimizer = self._optimizer(groups)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.decay_epochs), gamma=cfg.lr_decay)
+        autocast, scaler = _autocast(device, cfg.amp)
+        rows, step, start = [], 0, time.perf_counter()
+        bar = tqdm(total=cfg.epochs * len(train_loader), desc=f"{cfg.method} {task}", disable=not self.progress, leave=False)
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                model.train()
+                seen = correct = 0
+                loss_sum = 0.0
+                for x, y in train_loader:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with autocast:
+                        logits = model(x)
+                        loss = F.cross_entropy(logits, y)
+                    step += 1
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(f"loss is {loss.item()} at step {step} (epoch {epoch}) of {cfg.method} "
+                                               f"training of task {task!r}; lower the learning rate")
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    batch_loss = loss.item()
+                    loss_sum += batch_loss * y.numel()
+                    correct += int((logits.argmax(1) == y).sum())
+                    seen += y.numel()
+                    bar.update()
+                    bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
+                    self._trigger("on_step_end", {"epoch": epoch, "step": step, "loss": batch_loss})
+                row = {
+                    "epoch": epoch, "step": step, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                    "val_acc": evaluate(model, val_loader, device=device, amp=cfg.amp) if val_loader is not None else float("nan"),
+                    "lr": optimizer.param_groups[0]["lr"], "wall_time": time.perf_counter() - start,
+                    "sparsity": task_sparsity(net, task) if cfg.method == "piggyback" else 0.0,
+                }
+                scheduler.step()
+                rows.append(row)
+                self._trigger("on_epoch_end", row)
+        finally:
+            bar.close()
+            self.history = pd.DataFrame(rows, columns=["epoch", "step", "loss", "train_acc", "val_acc", "lr", "wall_time", "sparsity"])
+        if cfg.method != "finetune" and cfg.freeze_at_end:
+            net.freeze_task(task)
+        return self.history
+
+
+def train(net: PiggybackNet, task: str, train_loader: Iterable, val_loader: Iterable | None = None,
+          method: str = "piggyback", *, progress: bool = True, **config) -> pd.DataFrame:
+    """Shortcut: ``Trainer(TrainConfig(method, **config)).fit(net, task, train_loader, val_loader)``."""
+    return Trainer(TrainConfig(method, **config), progress=progress).fit(net, task, train_loader, val_loader)
