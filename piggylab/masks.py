@@ -193,8 +193,10 @@ class MaskedWeight(nn.Module):
             return masked_weight(original, self.scores[task], self.configs[task])
         return self.merged(original)
 
+    @torch.no_grad()
     def merged(self, original: Tensor) -> Tensor:
-        """The cached ``original * mask`` of the active, fixed-mask task."""
+        """The cached ``original * mask`` of the active, fixed-mask task (no gradient: the
+        backbone is frozen and a fixed mask has no scores)."""
         key = (self.active, original.device, original.dtype, original._version)
         if self._merged_key != key:
             mask = self.masks.get_buffer(self.active)
