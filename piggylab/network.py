@@ -176,10 +176,11 @@ class PiggybackNet(nn.Module):
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
-    def backbone_state(self) -> dict[str, Tensor]:
+    def backbone_state(self, keep_vars: bool = False) -> dict[str, Tensor]:
         """The shared, frozen tensors of the backbone (no task's scores, masks, heads or BN)."""
         task_parts = (".scores.", ".masks.", ".per_task.", ".heads.")
-        return {k: v for k, v in self.backbone.state_dict().items() if not any(p in f".{k}" for p in task_parts)}
+        state = self.backbone.state_dict(keep_vars=keep_vars)
+        return {k: v for k, v in state.items() if not any(p in f".{k}" for p in task_parts)}
 
     # -- tasks -----------------------------------------------------------------------
     def _check_task(self, task: str) -> None:
@@ -193,12 +194,21 @@ class PiggybackNet(nn.Module):
         return self.tasks[name]
 
     def add_task(self, name: str, num_classes: int, *, mask: MaskConfig | None = None, task_bn: bool = False,
-                 class_names: list[str] | None = None, activate: bool = True) -> Task:
+                 class_names: list[str] | None = None, activate: bool = True, seed: int | None = None) -> Task:
         """Add a task with a fresh head and fresh scores; by default it becomes the active task.
 
         With the default `MaskConfig` (binary, tau 5e-3, constant init 1e-2) the mask starts all
-        ones, i.e. the new task starts from the pretrained network (paper §3).
+        ones, i.e. the new task starts from the pretrained network (paper §3). With a `seed`,
+        the head and scores are drawn from their own RNG, so a task starts the same whatever
+        tasks were added before it.
         """
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return self._add_task(name, num_classes, mask, task_bn, class_names, activate)
+
+    def _add_task(self, name: str, num_classes: int, mask: MaskConfig | None, task_bn: bool,
+                  class_names: list[str] | None, activate: bool) -> Task:
         if not isinstance(name, str) or not TASK_NAME.match(name):
             raise ValueError(f"task name {name!r} must be letters, digits, '_' or '-', starting with a letter or '_'")
         if name in self.tasks:

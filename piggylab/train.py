@@ -196,13 +196,19 @@ class Trainer:
         return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
 
     def fit(self, net: PiggybackNet, task: str, train_loader: Iterable, val_loader: Iterable | None = None) -> pd.DataFrame:
-        """Train `task` of `net`; return the history (one row per epoch)."""
+        """Train `task` of `net`; return the history (one row per epoch).
+
+        The seed is applied to torch's global RNG and to the train loader's own generator,
+        if it has one, so on CPU the same seed gives the same history.
+        """
         if not isinstance(net, PiggybackNet):
             raise TypeError(f"fit() trains a task of a PiggybackNet, got {type(net).__name__}")
         net._check_task(task)
         cfg = self.config
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
+        if getattr(train_loader, "generator", None) is not None:  # the loader's own shuffling RNG
+            train_loader.generator.manual_seed(cfg.seed)
         if cfg.bn_mode == "task" and not net.tasks[task].task_bn:
             net.add_task_bn(task)
         elif cfg.bn_mode == "frozen" and net.tasks[task].task_bn:

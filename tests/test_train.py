@@ -1,0 +1,144 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import piggylab as pl
+from conftest import synthetic_loader
+
+
+def _net(backbone, *tasks, **task_kwargs):
+    net = pl.PiggybackNet(backbone, backbone_name="tiny-test")
+    for task in tasks:
+        net.add_task(task, 3, **task_kwargs)
+    return net
+
+
+def _logits(net, task, x):
+    net.set_task(task)
+    net.eval()
+    with torch.no_grad():
+        return net(x)
+
+
+def test_piggyback_learns_and_returns_history(backbone, loaders):
+    net = _net(backbone, "a")
+    trainer = pl.Trainer(pl.TrainConfig("piggyback", epochs=3, lr=1e-2, lr_scores=1e-2), progress=False)
+    steps, epochs = [], []
+    trainer.add_callback("on_step_end", lambda t, r: steps.append(r["step"]))
+    trainer.add_callback("on_epoch_end", lambda t, r: epochs.append(r["epoch"]))
+    history = trainer.fit(net, "a", *loaders)
+    assert isinstance(history, pd.DataFrame)
+    assert list(history.columns) == ["epoch", "step", "loss", "train_acc", "val_acc", "lr", "wall_time", "sparsity"]
+    assert history["epoch"].tolist() == [1, 2, 3] and steps == list(range(1, 13)) and epochs == [1, 2, 3]
+    assert history["val_acc"].iloc[-1] > 0.6  # three classes: chance is 1/3
+    assert 0 < history["sparsity"].iloc[-1] < 0.5
+    assert net.is_frozen("a")  # only the thresholded mask is kept
+
+
+def test_same_seed_same_history_on_cpu(backbone, loaders):
+    def run():
+        torch.manual_seed(0)
+        net = _net(backbone, "a")
+        return pl.train(net, "a", *loaders, epochs=2, seed=3, progress=False).drop(columns="wall_time")
+    pd.testing.assert_frame_equal(run(), run())
+
+
+def test_backbone_and_other_tasks_are_bit_identical_after_training(backbone, loaders):
+    x = torch.randn(8, 3, 32, 32)
+    net = _net(backbone, "a", "b", task_bn=False)
+    net.add_task("c", 3, task_bn=True)
+    pl.train(net, "a", *loaders, epochs=1, lr_scores=1e-2, progress=False)
+    before_state = {k: v.clone() for k, v in net.backbone_state().items()}
+    before_a = _logits(net, "a", x)
+    pl.train(net, "b", *loaders, epochs=1, lr_scores=1e-2, progress=False)
+    pl.train(net, "c", *loaders, epochs=1, lr_scores=1e-2, progress=False)
+    pl.train(net, "c", *loaders, epochs=1, method="finetune", progress=False)
+    assert torch.equal(_logits(net, "a", x), before_a)
+    assert all(torch.equal(before_state[k], v) for k, v in net.backbone_state().items())
+
+
+def test_task_order_does_not_matter(backbone):
+    x = torch.randn(8, 3, 32, 32)
+    data = {"a": (synthetic_loader(1), None), "b": (synthetic_loader(5), None)}
+
+    def results(order):
+        net = pl.PiggybackNet(backbone)
+        for task in order:  # tasks added, and trained, in the given order
+            net.add_task(task, 3, task_bn=True, seed=0)
+        for task in order:
+            pl.train(net, task, *data[task], epochs=1, seed=0, lr_scores=1e-2, progress=False)
+        return {task: _logits(net, task, x) for task in "ab"}
+
+    first, second = results("ab"), results("ba")
+    assert torch.equal(first["a"], second["a"]) and torch.equal(first["b"], second["b"])
+
+
+def test_classifier_only_trains_the_head_only(backbone, loaders):
+    net = _net(backbone, "a")
+    scores_before = [p.scores["a"].clone() for p in net.parametrizations()]
+    head_before = net.heads.heads["a"].weight.clone()
+    pl.train(net, "a", *loaders, method="classifier", epochs=1, freeze_at_end=False, progress=False)
+    assert all(torch.equal(b, p.scores["a"]) for b, p in zip(scores_before, net.parametrizations()))
+    assert not torch.equal(head_before, net.heads.heads["a"].weight)
+
+
+def test_finetune_trains_a_separate_copy(backbone, loaders):
+    net = _net(backbone, "a")
+    trainer = pl.Trainer(pl.TrainConfig("finetune", epochs=1), progress=False)
+    before = {k: v.clone() for k, v in net.backbone_state().items()}
+    trainer.fit(net, "a", *loaders)
+    assert all(torch.equal(before[k], v) for k, v in net.backbone_state().items())
+    trained = dict(trainer.model.named_parameters())
+    assert not torch.equal(trained["conv1.weight"], net.original_weight("conv1"))
+
+
+def test_task_bn_mode_trains_a_copy_and_keeps_shared_statistics(backbone, loaders):
+    net = _net(backbone, "a")
+    shared = {k: v.clone() for k, v in net.backbone_state().items() if "running" in k}
+    pl.train(net, "a", *loaders, epochs=1, bn_mode="task", progress=False)
+    assert net.tasks["a"].task_bn
+    bn = dict(net.batchnorms())["bn1"]
+    assert not torch.equal(bn.per_task["a"].running_mean, bn.shared.running_mean)
+    assert all(torch.equal(shared[k], v) for k, v in net.backbone_state().items() if "running" in k)
+
+
+def test_nan_loss_stops_with_the_step(backbone):
+    x = torch.randn(64, 3, 32, 32)
+    x[40] = math.nan
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(64, dtype=torch.long)), batch_size=16)
+    net = _net(backbone, "a")
+    with pytest.raises(pl.TrainingDiverged, match="at step 3"):
+        pl.train(net, "a", loader, epochs=1, progress=False)
+
+
+def test_bad_input(backbone, loaders):
+    net = _net(backbone, "a")
+    with pytest.raises(KeyError, match="known tasks: a"):
+        pl.train(net, "missing", *loaders, progress=False)
+    with pytest.raises(ValueError, match="piggyback, finetune, classifier"):
+        pl.TrainConfig("sgd-everything")
+    with pytest.raises(ValueError, match="lr"):
+        pl.TrainConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="on_step_end"):
+        pl.Trainer().add_callback("on_party", print)
+
+
+def test_paper_recipe():
+    recipe = pl.paper_recipe("piggyback")
+    assert (recipe.lr, recipe.lr_scores, recipe.epochs, recipe.decay_epochs, recipe.lr_decay) == (1e-4, 1e-4, 30, (15,), 0.1)
+    assert recipe.optimizer_name == "adam"
+    assert pl.paper_recipe("finetune").optimizer_name == "sgd"
+    assert pl.paper_recipe("piggyback", epochs=2).epochs == 2
+
+
+def test_lr_schedule_decays(backbone, loaders):
+    net = _net(backbone, "a")
+    history = pl.train(net, "a", *loaders, epochs=3, lr=1e-3, decay_epochs=(2,), progress=False)
+    assert history["lr"].tolist() == pytest.approx([1e-3, 1e-3, 1e-4])
+
+
+def test_device_auto_resolves():
+    assert pl.resolve_device("auto").type in {"cuda", "mps", "cpu"}
+    assert pl.resolve_device("cpu").type == "cpu"
