@@ -117,6 +117,7 @@ class RunSettings:
         return MaskConfig(kind=self.mask_kind, threshold=self.threshold, init=self.init, scale=self.scale)
 
     def train_config(self, device: str, seed: int) -> TrainConfig:
+        """The trainer's configuration (fine-tuning always trains BN, so it gets no `bn_mode`)."""
         return TrainConfig(self.method, epochs=self.epochs, lr=self.lr, lr_scores=self.lr_scores, device=device,
                            seed=seed, bn_mode=None if self.method == "finetune" else self.bn_mode)
 
@@ -138,7 +139,6 @@ class RunSettings:
 class _LiveRun:
     """The run being trained: its points so far and where they are drawn."""
 
-    number: int
     settings: RunSettings
     steps_per_epoch: int
     loss_trace: Any
@@ -272,7 +272,8 @@ class Explorer:
 
     # -- settings --------------------------------------------------------------------
     def set(self, **values: Any) -> None:
-        """Set controls by `RunSettings` field name, as a user would (e.g. ``set(epochs=1)``)."""
+        """Set controls by `RunSettings` field name, as a user would (e.g. ``set(epochs=1)``), in the
+        order given: choosing an `init` resets `scale` to that init's default, so give `scale` after it."""
         unknown = set(values) - set(self.controls)
         if unknown:
             raise KeyError(f"unknown control(s) {sorted(unknown)}; known: {', '.join(self.controls)}")
@@ -343,8 +344,8 @@ class Explorer:
             self._live = None
         layers = layer_sparsity(self.net, name)
         sparsity = float(layers["zeros"].sum() / layers["weights"].sum())
-        row = {"run": number, **settings.used(), "accuracy": accuracy, "val_accuracy": float(history["val_acc"].iloc[-1]),
-               "sparsity": sparsity, "wall_time_s": wall_time}
+        row = {"run": number, **settings.used(), "accuracy": accuracy,
+               "val_accuracy": float(history["val_acc"].iloc[-1]), "sparsity": sparsity, "wall_time_s": wall_time}
         self._rows.append(row)
         self.layers[number] = layers
         self._show_sparsity(number, settings, layers)
@@ -360,7 +361,7 @@ class Explorer:
         common = {"name": name, "legendgroup": str(number), "line": {"color": colour}, "mode": "lines+markers"}
         self.curve.add_scatter(x=[], y=[], marker={"size": 4}, row=1, col=1, **common)
         self.curve.add_scatter(x=[], y=[], marker={"size": 8}, showlegend=False, row=1, col=2, **common)
-        return _LiveRun(number, settings, steps_per_epoch, self.curve.data[-2], self.curve.data[-1])
+        return _LiveRun(settings, steps_per_epoch, self.curve.data[-2], self.curve.data[-1])
 
     def _on_step(self, _trainer: Trainer, record: dict) -> None:
         live = self._live

@@ -167,6 +167,7 @@ def test_notebook_07_runs_with_smoke_settings(tmp_path):
         assert (out / name).stat().st_size > 0, name
 
 
+@pytest.mark.slow
 def test_notebook_07_rejects_a_bad_parameter(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match="'methods'"):
         papermill.execute_notebook(str(ROOT / "notebooks" / "07_explorer.ipynb"), str(tmp_path / "07.ipynb"),
