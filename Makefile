@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 GRID   ?= grids/embedded.yaml
 
-.PHONY: install demo test lab backbone bench clean
+.PHONY: install demo test lab backbone bench clean browser-deps
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,8 +21,12 @@ install: $(STAMP)
 demo: install
 	$(PY) -m piggylab.cli batch $(GRID)
 
-test: install
+test: install browser-deps
 	$(PY) -m pytest
+
+# Debian's Chromium for tests/test_browser.py (apt-get, once); without apt-get that test skips, except on CI.
+browser-deps:
+	@sh scripts/install_chromium.sh
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks
