@@ -101,30 +101,88 @@ def threshold_scores(scores: Tensor, kind: str = "binary", threshold: float = DE
     return (scores > threshold).to(torch.int8) - (scores < 0).to(torch.int8)
 
 
+def apply_mask(weight: Tensor, mask: Tensor, out: Tensor | None = None) -> Tensor:
+    """``weight * mask`` without a float copy of the mask: one pass for a bool (binary) mask.
+
+    The zero is a Python scalar, or a 0-d tensor on the weight's device when writing to `out`
+    (a CPU scalar tensor there would be copied to the GPU, synchronously, at every call).
+    """
+    if mask.dtype != torch.bool:
+        return torch.mul(weight, mask, out=out)
+    if out is None:
+        return torch.where(mask, weight, 0.0)
+    return torch.where(mask, weight, weight.new_zeros(()), out=out)
+
+
 class _StraightThroughMask(torch.autograd.Function):
-    """W * mask(s) forward; the identity through the threshold backward (paper §3)."""
+    """W * mask(s) forward; the identity through the threshold backward (paper §3).
+
+    Saves only W, the frozen weight itself (nothing new): the gradient ``dL/ds = dL/dW_eff * W``
+    does not need the mask.
+    """
 
     @staticmethod
     def forward(ctx, weight: Tensor, scores: Tensor, kind: str, threshold: float, grad_scaling: str) -> Tensor:
         ctx.save_for_backward(weight)
         ctx.grad_scaling = grad_scaling
-        mask = threshold_scores(scores, kind, threshold)
-        return weight * mask.to(weight.dtype)
+        return apply_mask(weight, threshold_scores(scores, kind, threshold))
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (weight,) = ctx.saved_tensors
         grad_scores = grad_output * weight
         if ctx.grad_scaling == "layer":
-            grad_scores = grad_scores / weight.abs().mean().clamp_min(1e-12)
+            grad_scores /= weight.abs().mean().clamp_min(1e-12)
         elif ctx.grad_scaling == "elementwise":
-            grad_scores = grad_scores / weight.abs().clamp_min(1e-12)
+            grad_scores /= weight.abs().clamp_min(1e-12)
         return None, grad_scores.to(torch.float32), None, None, None
+
+
+class _Recipe:
+    """What autograd keeps of a masked weight inside `recompute_masked_weights`: how to remake it."""
+
+    __slots__ = ("weight", "scores", "config", "version")
+
+    def __init__(self, weight: Tensor, scores: Tensor, config: MaskConfig) -> None:
+        self.weight, self.scores, self.config, self.version = weight, scores, config, scores._version
+
+    def __call__(self) -> Tensor:
+        if self.scores._version != self.version:
+            raise RuntimeError("scores were modified in place between forward and backward; "
+                               "their masked weight cannot be recomputed for the backward pass")
+        return masked_weight(self.weight, self.scores, self.config)
+
+
+_RECIPE = "_piggylab_recipe"
 
 
 def masked_weight(weight: Tensor, scores: Tensor, config: MaskConfig) -> Tensor:
     """``weight * mask(scores)`` with the straight-through gradient to `scores` only."""
-    return _StraightThroughMask.apply(weight, scores, config.kind, config.threshold, config.grad_scaling)
+    out = _StraightThroughMask.apply(weight, scores, config.kind, config.threshold, config.grad_scaling)
+    if out.requires_grad:
+        setattr(out, _RECIPE, _Recipe(weight, scores, config))
+    return out
+
+
+def _pack(tensor: Tensor) -> Tensor | _Recipe:
+    return getattr(tensor, _RECIPE, tensor)
+
+
+def _unpack(saved: Tensor | _Recipe) -> Tensor:
+    return saved() if isinstance(saved, _Recipe) else saved
+
+
+def recompute_masked_weights() -> torch.autograd.graph.saved_tensors_hooks:
+    """A context in which autograd keeps no masked weight of a task in training for backward.
+
+    A conv or linear layer keeps its weight for its backward pass; while a task trains its
+    scores that weight is ``W * mask``, one more weight-sized tensor per layer besides the
+    frozen W. Inside this context a layer keeps only the recipe (W and the scores, which
+    exist anyway) and the masked weight is remade when backward reaches that layer, one
+    layer at a time: one weight-sized pass per layer buys back a copy of all the weights.
+    Every other saved tensor is kept as usual.
+    """
+    return torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
 
 
 class MaskedWeight(nn.Module):
@@ -181,6 +239,15 @@ class MaskedWeight(nn.Module):
         if task in self.scores:
             self.set_mask(task, self.mask(task), self.configs[task])
 
+    def activate(self, task: str | None, original: Tensor) -> None:
+        """Make `task` the active one: a fixed mask's masked weight is computed now; a task with
+        scores is masked at every forward, so the cache is dropped rather than kept stale."""
+        self.active = task
+        if task is None or task in self.scores:
+            self.clear_cache()
+        else:
+            self.merged(original)
+
     def clear_cache(self) -> None:
         self._merged, self._merged_key = None, None
 
@@ -193,16 +260,16 @@ class MaskedWeight(nn.Module):
             return masked_weight(original, self.scores[task], self.configs[task])
         return self.merged(original)
 
-    @torch.no_grad()
     def merged(self, original: Tensor) -> Tensor:
         """The cached ``original * mask`` of the active, fixed-mask task (no gradient: the
-        backbone is frozen and a fixed mask has no scores)."""
-        key = (self.active, original.device, original.dtype, original._version)
+        backbone is frozen and a fixed mask has no scores). Its buffer is reused from task
+        to task; it is made anew only after `clear_cache` or a change of device or dtype."""
+        key = (self.active, original._version, original.device, original.dtype)
         if self._merged_key != key:
-            mask = self.masks.get_buffer(self.active)
-            if self._merged is None or self._merged.shape != original.shape or self._merged.device != original.device:
+            if self._merged_key is None or self._merged_key[2:] != key[2:]:
                 self._merged = torch.empty_like(original)
-            torch.mul(original, mask, out=self._merged)
+            with torch.no_grad():
+                apply_mask(original, self.masks._buffers[self.active], out=self._merged)
             self._merged_key = key
         return self._merged
 

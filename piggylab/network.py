@@ -240,18 +240,19 @@ class PiggybackNet(nn.Module):
         self.tasks[name].task_bn = True
 
     def set_task(self, name: str) -> None:
-        """Make `name` the task the network computes; masked weights are recomputed eagerly."""
+        """Make `name` the task the network computes. A frozen task's masked weights are
+        computed now, into buffers reused from switch to switch; a task still holding scores
+        masks at every forward, so its layers drop any cached masked weight (no stale copy of
+        the weights is held while it trains)."""
         self._check_task(name)
-        self.active_task = name
-        self.heads.active = name
-        for _, bn in self.batchnorms():
+        self.active_task = self.heads.active = name
+        if "_task_batchnorms" not in self.__dict__:  # found once: __init__ fixes the backbone's modules
+            self.__dict__["_task_batchnorms"] = [bn for _, bn in self.batchnorms()]
+        for bn in self.__dict__["_task_batchnorms"]:
             bn.active = name
-        with torch.no_grad():
-            for layer, (module, attr) in self.masked_layers.items():
-                p = self.parametrization(layer)
-                p.active = name
-                if name not in p.scores:
-                    p.merged(getattr(module.parametrizations, attr).original)
+        for module, attr in self.masked_layers.values():
+            weight = module.parametrizations[attr]
+            weight[0].activate(name, weight.original)
 
     def remove_task(self, name: str) -> None:
         self._check_task(name)
