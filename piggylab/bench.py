@@ -1,0 +1,505 @@
+"""The cost of Piggyback, measured: training time and memory, storage, task switching, inference.
+
+``python -m piggylab.bench`` measures, each figure against its baseline in the same process
+(memory: in fresh subprocesses, one per measurement):
+
+1. `train_step`: one training step (forward, backward, Adam step) of piggyback (scores and
+   head) and of classifier-only (head of a frozen all-ones task) against fine-tuning (the
+   task's `individual_network`, every weight and BN trained), same model, batch and Adam.
+2. `train_memory`: peak memory of a few such steps, same three methods (CPU: peak RSS above
+   the process's footprint before the model is built, with glibc returning freed blocks;
+   CUDA: `torch.cuda.max_memory_allocated` above the same point).
+3. `storage`: bytes and bits per masked weight of a task file, packed and entropy coded,
+   against a float32 fine-tuned checkpoint, for masks with a given fraction of zeros.
+4. `task_switch`: `net.set_task` between two frozen tasks (merged weights recomputed) against
+   one plain copy of every masked weight, the memory-bandwidth floor.
+5. `inference`: throughput of a frozen task (merged weights) and of a task still holding
+   scores (masked on the fly) against the plain backbone, in eval mode.
+
+Every timed figure is the median of interleaved repetitions after warm-up, with its
+quartiles; ratios are taken per repetition. `--quick` runs the tiny backbone only, with few
+repetitions (the smoke test of `make test`); `--json FILE` writes every number. This module
+measures; it changes nothing in the network it times and asserts nothing about the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from .backbones import tiny_resnet
+from .network import PiggybackNet
+from .storage import FORMATS, mask_bits_per_weight, save_task
+
+METHODS = ("finetune", "piggyback", "classifier")
+"""Training methods timed against each other; the first is the baseline."""
+
+TARGETS = {
+    "train_step": {"cpu": 1.10, "cuda": 1.05},  # piggyback / finetune, at most
+    "train_memory": 1.10,                       # piggyback / finetune, at most
+    "packed_bits_per_weight": 1.0,              # exactly, up to one padding byte per layer
+    "rice_bits_per_weight": 0.5,                # below, for masks with at most 10% zeros
+    "task_switch": 2.0,                         # set_task / plain copy, at most
+    "inference_merged": 0.98,                   # merged / plain throughput, at least
+}
+
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A backbone at an input size with a batch size: what one training or inference step runs."""
+
+    backbone: str
+    image_size: int
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures, and how many times."""
+
+    workloads: dict[str, tuple[Workload, ...]]  # per device type
+    switch_backbone: str
+    storage_backbones: tuple[str, ...]
+    zero_fractions: tuple[float, ...]
+    warmup: int
+    reps: int
+    memory_reps: int
+    memory_steps: int
+    inference_batches: int
+
+
+FULL = Plan(
+    workloads={"cpu": (Workload("tiny", 32), Workload("resnet18", 64)),
+               "cuda": (Workload("tiny", 32), Workload("resnet18", 64), Workload("resnet50", 224),
+                        Workload("resnet50", 224, 128))},  # batch 32 leaves an H100 waiting on Python
+    switch_backbone="resnet50", storage_backbones=("tiny", "resnet50"), zero_fractions=(0.0, 0.01, 0.05, 0.10),
+    warmup=3, reps=25, memory_reps=3, memory_steps=3, inference_batches=1,
+)
+QUICK = Plan(
+    workloads={"cpu": (Workload("tiny", 32, 8),), "cuda": (Workload("tiny", 32, 8),)},
+    switch_backbone="tiny", storage_backbones=("tiny",), zero_fractions=(0.0, 0.10),
+    warmup=1, reps=3, memory_reps=1, memory_steps=2, inference_batches=1,
+)
+
+
+# -- helpers ---------------------------------------------------------------------------
+def summary(values: list[float]) -> dict[str, float]:
+    """Median and quartiles (interquartile range as spread) of repeated measurements."""
+    values = sorted(values)
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return {"median": statistics.median(values), "q1": q1, "q3": q3, "n": len(values)}
+
+
+def build_backbone(name: str) -> nn.Module:
+    """A randomly initialised backbone: step times and sizes do not depend on its weights."""
+    torch.manual_seed(0)
+    if name == "tiny":
+        return tiny_resnet(num_classes=NUM_CLASSES)
+    return torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES)
+
+
+def build_net(backbone: str, device: torch.device, tasks: tuple[str, ...] = ("cls", "pb")) -> PiggybackNet:
+    """The backbone as a PiggybackNet on `device` with, of `tasks`, a frozen all-ones task
+    `cls` (the classifier-only baseline) and a task in training `pb` (scores, active)."""
+    net = PiggybackNet(build_backbone(backbone), backbone_name=backbone).to(device)
+    for task in tasks:
+        net.add_task(task, NUM_CLASSES)
+    if "cls" in tasks:
+        net.freeze_task("cls")
+    return net
+
+
+def batch(workload: Workload, device: torch.device) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(workload.batch_size, 3, workload.image_size, workload.image_size, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (workload.batch_size,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA as the trainer uses it; full precision on CPU (as the trainer)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def training_setup(net: PiggybackNet, method: str) -> tuple[nn.Module, torch.optim.Optimizer, str | None]:
+    """(model, Adam optimizer, task to activate) of one method on `net`."""
+    if method == "finetune":
+        model = net.individual_network("pb").train()
+        return model, torch.optim.Adam(model.parameters(), lr=1e-4), None
+    task = "pb" if method == "piggyback" else "cls"
+    return net.train(), torch.optim.Adam(net.task_parameters(task), lr=1e-4), task
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, device: torch.device) -> None:
+    with autocast(device):
+        loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+Case = tuple[Callable[[], None], Callable[[], None]]
+"""(prepare, run): `prepare` is not timed (e.g. making a task active), `run` is."""
+
+
+def interleaved(cases: dict[str, Case], device: torch.device, warmup: int, reps: int) -> dict[str, list[float]]:
+    """Seconds per repetition of each case; every repetition runs all cases, in an order
+    rotated from one repetition to the next, so slow phases of a noisy machine hit all."""
+    names = list(cases)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(warmup + reps):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            prepare, run = cases[name]
+            prepare()
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratios(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
+    """Per case, the summary of its per-repetition time ratio to the baseline's."""
+    return {name: summary([a / b for a, b in zip(values, times[baseline])])
+            for name, values in times.items() if name != baseline}
+
+
+def no_op() -> None:
+    return None
+
+
+# -- 1. training step time ----------------------------------------------------------------
+def bench_train_step(workload: Workload, device: torch.device, plan: Plan) -> dict:
+    net = build_net(workload.backbone, device)
+    x, y = batch(workload, device)
+    cases: dict[str, Case] = {}
+    for method in METHODS:
+        model, optimizer, task = training_setup(net, method)
+        model.to(device)
+        prepare = (lambda task=task: net.set_task(task)) if task else no_op
+        cases[method] = (prepare, lambda m=model, o=optimizer: train_step(m, o, x, y, device))
+    times = interleaved(cases, device, plan.warmup, plan.reps)
+    ratio = ratios(times, "finetune")
+    return {**asdict(workload), "device": device.type, "amp": "bf16" if device.type == "cuda" else "none",
+            "optimizer": "adam", "ms": {m: summary([1e3 * t for t in v]) for m, v in times.items()},
+            "ratio_to_finetune": ratio, "target": TARGETS["train_step"][device.type],
+            "met": ratio["piggyback"]["median"] <= TARGETS["train_step"][device.type]}
+
+
+# -- 2. peak training memory ----------------------------------------------------------------
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_memory(device: torch.device) -> int:
+    """Start a new peak-memory window; return the bytes in use now (the window's floor).
+
+    CUDA: the caching allocator's statistics. CPU (Linux only): the kernel's resident-set
+    high-water mark, reset through /proc/self/clear_refs.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    if not Path("/proc/self/clear_refs").exists():
+        raise RuntimeError("measuring peak CPU memory needs Linux (/proc/self/clear_refs)")
+    Path("/proc/self/clear_refs").write_text("5")
+    return _proc_status_bytes("VmRSS")
+
+
+def peak_memory(device: torch.device) -> int:
+    """The peak bytes in use since `reset_peak_memory`."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return _proc_status_bytes("VmHWM")
+
+
+def memory_probe(workload: Workload, method: str, device: torch.device, steps: int) -> int:
+    """Bytes of peak memory that `steps` training steps of `method` add to the process.
+
+    Runs in a fresh process (see `measure_memory`): the floor is taken once the batch exists
+    and before any model does, so the figure holds the model, its gradients, the optimizer
+    state, the activations and every temporary, and not the libraries.
+    """
+    x, y = batch(workload, device)
+    floor = reset_peak_memory(device)
+    net = build_net(workload.backbone, device, ("cls",) if method == "classifier" else ("pb",))
+    model, optimizer, task = training_setup(net, method)
+    if task is None:
+        del net
+        gc.collect()
+    else:
+        net.set_task(task)
+    model.to(device)
+    for _ in range(steps):
+        train_step(model, optimizer, x, y, device)
+    return peak_memory(device) - floor
+
+
+def _memory_probe_main(spec: str) -> None:
+    """Entry point of the memory subprocess: print the probe's bytes as JSON."""
+    args = json.loads(spec)
+    torch.set_num_threads(args["threads"])
+    workload = Workload(**args["workload"])
+    print(json.dumps(memory_probe(workload, args["method"], torch.device(args["device"]), args["steps"])))
+
+
+def measure_memory(workload: Workload, method: str, device: torch.device, steps: int) -> int:
+    """`memory_probe` in a fresh Python process, so peaks of earlier measurements don't count.
+
+    On CPU, glibc is told to serve every block over 64 KiB by mmap, so freed tensors leave
+    the resident set at once and peak RSS follows the live tensors rather than the heap's
+    high-water mark (without it, freed blocks stay resident and blur the comparison).
+    """
+    spec = json.dumps({"workload": asdict(workload), "method": method, "device": str(device), "steps": steps,
+                       "threads": torch.get_num_threads()})
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    code = "import sys; from piggylab.bench import _memory_probe_main; _memory_probe_main(sys.argv[1])"
+    done = subprocess.run([sys.executable, "-c", code, spec], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe {method} on {workload} failed:\n{done.stderr[-2000:]}")
+    return int(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def bench_train_memory(workload: Workload, device: torch.device, plan: Plan) -> dict:
+    sizes: dict[str, list[float]] = {m: [] for m in METHODS}
+    for _ in range(plan.memory_reps):
+        for method in METHODS:
+            sizes[method].append(float(measure_memory(workload, method, device, plan.memory_steps)))
+    ratio = ratios(sizes, "finetune")
+    measure = "max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM, mmap threshold 64 KiB)"
+    return {**asdict(workload), "device": device.type, "measure": measure, "steps": plan.memory_steps,
+            "mib": {m: summary([v / 2**20 for v in values]) for m, values in sizes.items()},
+            "ratio_to_finetune": ratio, "target": TARGETS["train_memory"],
+            "met": ratio["piggyback"]["median"] <= TARGETS["train_memory"]}
+
+
+# -- 3. storage per task --------------------------------------------------------------------
+def random_masks(net: PiggybackNet, zero_fraction: float, seed: int = 0) -> dict[str, Tensor]:
+    """Independent random masks with the given fraction of zeros: for a given fraction, the
+    hardest case for the entropy coder (real masks cluster their zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    return {layer: torch.rand(net.original_weight(layer).shape, generator=g) >= zero_fraction for layer in net.masked_layers}
+
+
+def bench_storage(backbone: str, plan: Plan) -> list[dict]:
+    net = build_net(backbone, torch.device("cpu"))
+    finetuned = len(st_save({k: v.contiguous() for k, v in net.individual_network("cls").state_dict().items()}))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for zeros in plan.zero_fractions:
+            net.set_masks("cls", random_masks(net, zeros))
+            row = {"backbone": backbone, "masked_weights": net.num_masked_weights, "masked_layers": len(net.masked_layers),
+                   "zero_fraction": zeros, "finetuned_bytes": finetuned}
+            for fmt in FORMATS:
+                path = save_task(net, "cls", Path(tmp) / f"{fmt}.safetensors", fmt)
+                row[f"{fmt}_file_bytes"] = path.stat().st_size
+                row[f"{fmt}_bits_per_weight"] = mask_bits_per_weight(path)
+                row[f"{fmt}_vs_finetuned"] = path.stat().st_size / finetuned
+            row["packed_padding_bits"] = row["packed_bits_per_weight"] * net.num_masked_weights - net.num_masked_weights
+            row["met"] = (0 <= row["packed_padding_bits"] < 8 * len(net.masked_layers)
+                          and (zeros > 0.10 or row["rice_bits_per_weight"] < TARGETS["rice_bits_per_weight"]))
+            rows.append(row)
+    return rows
+
+
+# -- 4. task switching ------------------------------------------------------------------------
+def bench_task_switch(backbone: str, device: torch.device, plan: Plan) -> dict:
+    net = build_net(backbone, device)
+    net.add_task("other", NUM_CLASSES)
+    net.set_masks("other", random_masks(net, 0.05, seed=1))
+    net.set_task("other")
+    originals = [net.original_weight(layer) for layer in net.masked_layers]
+    copies = [torch.empty_like(w) for w in originals]
+
+    def plain_copy() -> None:
+        for dst, src in zip(copies, originals):
+            dst.copy_(src)
+
+    target = {"cls": "other", "other": "cls"}
+
+    def switch() -> None:
+        net.set_task(target[net.active_task])
+
+    times = interleaved({"copy": (no_op, plain_copy), "set_task": (no_op, switch)}, device, plan.warmup, plan.reps)
+    ratio = ratios(times, "copy")["set_task"]
+    nbytes = sum(w.numel() * w.element_size() for w in originals)
+    return {"backbone": backbone, "device": device.type, "weight_bytes": nbytes,
+            "ms": {k: summary([1e3 * t for t in v]) for k, v in times.items()},
+            "copy_gb_per_s": 2 * nbytes / statistics.median(times["copy"]) / 1e9,
+            "ratio_to_copy": ratio, "target": TARGETS["task_switch"], "met": ratio["median"] <= TARGETS["task_switch"]}
+
+
+# -- 5. inference -----------------------------------------------------------------------------
+def bench_inference(workload: Workload, device: torch.device, plan: Plan) -> dict:
+    plain = build_backbone(workload.backbone).to(device).eval()
+    net = build_net(workload.backbone, device).eval()
+    x, _ = batch(workload, device)
+
+    def infer(model: nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode(), autocast(device):
+                for _ in range(plan.inference_batches):
+                    model(x)
+        return run
+
+    times = interleaved({"plain": (no_op, infer(plain)), "merged": (lambda: net.set_task("cls"), infer(net)),
+                         "unmerged": (lambda: net.set_task("pb"), infer(net))}, device, plan.warmup, plan.reps)
+    images = workload.batch_size * plan.inference_batches
+    # throughput ratio = time ratio inverted: plain time over the case's, per repetition
+    throughput = {name: summary([b / a for a, b in zip(values, times["plain"])])
+                  for name, values in times.items() if name != "plain"}
+    return {**asdict(workload), "device": device.type,
+            "images_per_s": {k: summary([images / t for t in v]) for k, v in times.items()},
+            "throughput_ratio_to_plain": throughput, "target": TARGETS["inference_merged"],
+            "met": throughput["merged"]["median"] >= TARGETS["inference_merged"]}
+
+
+# -- the run ------------------------------------------------------------------------------------
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = {"date": dt.date.today().isoformat(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu": cpu, "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return info
+
+
+def run(plan: Plan, devices: list[torch.device], sections: tuple[str, ...]) -> dict:
+    torch.set_num_threads(machine()["cpu_count"])
+    result: dict = {"machine": machine(), "plan": {k: v for k, v in asdict(plan).items() if k != "workloads"},
+                    "targets": TARGETS}
+    jobs: dict[str, Callable[[], list[dict]]] = {
+        "train_step": lambda: [bench_train_step(w, d, plan) for d in devices for w in plan.workloads[d.type]],
+        "train_memory": lambda: [bench_train_memory(w, d, plan) for d in devices for w in plan.workloads[d.type]],
+        "storage": lambda: [row for b in plan.storage_backbones for row in bench_storage(b, plan)],
+        "task_switch": lambda: [bench_task_switch(plan.switch_backbone, d, plan) for d in devices],
+        "inference": lambda: [bench_inference(w, d, plan) for d in devices for w in plan.workloads[d.type]],
+    }
+    for section in sections:
+        start = time.perf_counter()
+        result[section] = jobs[section]()
+        print(f"[bench] {section}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return result
+
+
+def _fmt(s: dict[str, float], digits: int = 2) -> str:
+    return f"{s['median']:.{digits}f} [{s['q1']:.{digits}f}, {s['q3']:.{digits}f}]"
+
+
+def report(result: dict) -> str:
+    """Markdown tables of a run's results (median [quartiles]), as RESULTS.md shows them."""
+    m = result["machine"]
+    lines = [f"Machine: {m['cpu']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads)"
+             + (f", {m['gpu']}" if "gpu" in m else "") + f"; torch {m['torch']}; {m['date']}.", ""]
+    ok = {True: "yes", False: "**no**"}
+    if "train_step" in result:
+        lines += ["Training step (ms; ratio to fine-tuning, target piggyback <= 1.10 CPU / 1.05 GPU):", "",
+                  "| device | backbone | size | batch | finetune ms | piggyback ms | classifier ms | piggyback / finetune | classifier / finetune | met |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['device']} | {r['backbone']} | {r['image_size']} | {r['batch_size']} | {_fmt(r['ms']['finetune'], 1)} | "
+                  f"{_fmt(r['ms']['piggyback'], 1)} | {_fmt(r['ms']['classifier'], 1)} | {_fmt(r['ratio_to_finetune']['piggyback'])} | "
+                  f"{_fmt(r['ratio_to_finetune']['classifier'])} | {ok[r['met']]} |" for r in result["train_step"]]
+        lines.append("")
+    if "train_memory" in result:
+        lines += ["Peak training memory (MiB above the pre-model floor; target piggyback <= 1.10x fine-tuning):", "",
+                  "| device | backbone | size | batch | finetune | piggyback | classifier | piggyback / finetune | classifier / finetune | met |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['device']} | {r['backbone']} | {r['image_size']} | {r['batch_size']} | {_fmt(r['mib']['finetune'], 1)} | "
+                  f"{_fmt(r['mib']['piggyback'], 1)} | {_fmt(r['mib']['classifier'], 1)} | {_fmt(r['ratio_to_finetune']['piggyback'])} | "
+                  f"{_fmt(r['ratio_to_finetune']['classifier'])} | {ok[r['met']]} |" for r in result["train_memory"]]
+        lines.append("")
+    if "storage" in result:
+        lines += ["Storage per task (random masks; mask bits per masked weight; file bytes include head and metadata):", "",
+                  "| backbone | masked weights | zeros | packed bits/w | rice bits/w | packed file | rice file | fine-tuned file | packed / fine-tuned | met |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['backbone']} | {r['masked_weights']:,} | {r['zero_fraction']:.0%} | {r['packed_bits_per_weight']:.6f} | "
+                  f"{r['rice_bits_per_weight']:.3f} | {r['packed_file_bytes']:,} | {r['rice_file_bytes']:,} | {r['finetuned_bytes']:,} | "
+                  f"{r['packed_vs_finetuned']:.4f} | {ok[r['met']]} |" for r in result["storage"]]
+        lines.append("")
+    if "task_switch" in result:
+        lines += ["Task switching (`set_task` between two frozen tasks vs one copy of the masked weights; target <= 2x):", "",
+                  "| device | backbone | weight MB | copy ms | set_task ms | ratio | copy GB/s (r+w) | met |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['device']} | {r['backbone']} | {r['weight_bytes'] / 1e6:.1f} | {_fmt(r['ms']['copy'], 3)} | "
+                  f"{_fmt(r['ms']['set_task'], 3)} | {_fmt(r['ratio_to_copy'])} | {r['copy_gb_per_s']:.1f} | {ok[r['met']]} |"
+                  for r in result["task_switch"]]
+        lines.append("")
+    if "inference" in result:
+        lines += ["Inference (images/s; throughput ratio to the plain backbone, target merged >= 0.98):", "",
+                  "| device | backbone | size | batch | plain | merged | unmerged | merged / plain | unmerged / plain | met |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['device']} | {r['backbone']} | {r['image_size']} | {r['batch_size']} | {_fmt(r['images_per_s']['plain'], 0)} | "
+                  f"{_fmt(r['images_per_s']['merged'], 0)} | {_fmt(r['images_per_s']['unmerged'], 0)} | "
+                  f"{_fmt(r['throughput_ratio_to_plain']['merged'])} | {_fmt(r['throughput_ratio_to_plain']['unmerged'])} | {ok[r['met']]} |"
+                  for r in result["inference"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+SECTIONS = ("train_step", "train_memory", "storage", "task_switch", "inference")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m piggylab.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny backbone, few repetitions: a smoke test")
+    parser.add_argument("--json", type=Path, help="write every number to this file")
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                        help="all: the CPU and, when there is one, the GPU")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--reps", type=int, help="timed repetitions (default: 25, quick: 3)")
+    parser.add_argument("--memory-reps", type=int, help="fresh processes per memory figure (default: 3, quick: 1)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    plan = replace(plan, reps=args.reps or plan.reps, memory_reps=args.memory_reps or plan.memory_reps)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    devices = [torch.device(d) for d in (("cpu", "cuda") if args.device == "all" else (args.device,))
+               if d == "cpu" or torch.cuda.is_available()]
+    result = run(plan, devices, tuple(args.sections))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    print(report(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
