@@ -20,11 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .masks import MaskConfig, MaskedWeight
+from .masks import MaskConfig, MaskedWeight, recompute_masked_weights
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -70,8 +69,15 @@ class TaskBatchNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.active in self.per_task:
             return self.per_task[self.active](x)
+        # Frozen statistics make BN an affine map: one multiply-add, which (unlike
+        # F.batch_norm) keeps no copy of its input for the backward pass.
         bn = self.shared
-        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        shift = -bn.running_mean * scale
+        if bn.affine:
+            scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.addcmul(shift.view(shape), x, scale.view(shape))
 
 
 def _find_classifier(model: nn.Module, name: str | None) -> str:
@@ -109,14 +115,20 @@ class PiggybackNet(nn.Module):
     >>> net.add_task("flowers", num_classes=102)   # mask all ones: the pretrained network
     >>> net.set_task("flowers"); logits = net(images)
 
+    With ``recompute=True`` a training forward keeps no masked weight for backward and
+    remakes it layer by layer there (`recompute_masked_weights`): about one copy of the
+    weights less memory for a few percent more step time.
+
     Masked: every Conv2d/Linear weight but the classifier's, and the input projections of
     `nn.MultiheadAttention` (ViT attention). Not masked (frozen and shared): biases,
     batchnorm/layernorm parameters, embeddings such as ViT's class token and position
     embedding, and ConvNeXt's layer scales, as in the paper where only conv/fc weights are.
     """
 
-    def __init__(self, backbone: nn.Module, *, backbone_name: str = "backbone", classifier: str | None = None) -> None:
+    def __init__(self, backbone: nn.Module, *, backbone_name: str = "backbone", classifier: str | None = None,
+                 recompute: bool = False) -> None:
         super().__init__()
+        self.recompute = recompute
         backbone = copy.deepcopy(backbone)
         classifier = _find_classifier(backbone, classifier)
         head_in = backbone.get_submodule(classifier).in_features
@@ -136,6 +148,7 @@ class PiggybackNet(nn.Module):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 _set_submodule(backbone, name, TaskBatchNorm(module))
         self.backbone = backbone
+        self._batchnorm_layers = [bn for _, bn in self.batchnorms()]  # a plain list: not registered twice
         self.tasks: dict[str, Task] = {}
         self.active_task: str | None = None
         self._fingerprint: str | None = None
@@ -213,6 +226,8 @@ class PiggybackNet(nn.Module):
             raise ValueError(f"task name {name!r} must be letters, digits, '_' or '-', starting with a letter or '_'")
         if name in self.tasks:
             raise ValueError(f"task {name!r} already exists; remove it first")
+        if hasattr(nn.Module(), name):
+            raise ValueError(f"task name {name!r} is reserved (an nn.Module attribute); choose another")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         class_names = list(class_names) if class_names is not None else []
@@ -246,9 +261,7 @@ class PiggybackNet(nn.Module):
         the weights is held while it trains)."""
         self._check_task(name)
         self.active_task = self.heads.active = name
-        if "_task_batchnorms" not in self.__dict__:  # found once: __init__ fixes the backbone's modules
-            self.__dict__["_task_batchnorms"] = [bn for _, bn in self.batchnorms()]
-        for bn in self.__dict__["_task_batchnorms"]:
+        for bn in self._batchnorm_layers:
             bn.active = name
         for module, attr in self.masked_layers.values():
             weight = module.parametrizations[attr]
@@ -332,6 +345,9 @@ class PiggybackNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.active_task is None:
             raise RuntimeError("no active task: add one with add_task(...) or choose one with set_task(...)")
+        if self.recompute and torch.is_grad_enabled():
+            with recompute_masked_weights():
+                return self.backbone(x)
         return self.backbone(x)
 
     def individual_network(self, name: str) -> nn.Module:

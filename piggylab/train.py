@@ -217,6 +217,10 @@ class Trainer:
         model, groups = self._parameter_groups(net, task)
         model.to(device).train()
         self.model = model
+        # Classifier-only keeps the mask fixed: its scores need no gradient (and no backward pass).
+        fixed_scores = net.task_parameters(task, head=False, bn=False) if cfg.method == "classifier" else []
+        for scores in fixed_scores:
+            scores.requires_grad_(False)
         optimizer = self._optimizer(groups)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.decay_epochs), gamma=cfg.lr_decay)
         autocast, scaler = _autocast(device, cfg.amp)
@@ -262,6 +266,8 @@ class Trainer:
                 self._trigger("on_epoch_end", row)
         finally:
             bar.close()
+            for scores in fixed_scores:
+                scores.requires_grad_(True)
             self.history = pd.DataFrame(rows, columns=["epoch", "step", "loss", "train_acc", "val_acc", "lr", "wall_time", "sparsity"])
         if cfg.method != "finetune" and cfg.freeze_at_end:
             net.freeze_task(task)

@@ -106,3 +106,32 @@ def test_individual_network_leaves_the_shared_network_intact(backbone):
         for p in individual.parameters():
             p.add_(1.0)
     assert torch.equal(net(x), before)
+
+
+def test_recompute_gives_the_same_gradients(backbone):
+    x = torch.randn(4, 3, 32, 32)
+    grads = []
+    for recompute in (False, True):
+        net = pl.PiggybackNet(backbone, recompute=recompute)
+        net.add_task("a", 3, mask=pl.MaskConfig(init="uniform"), seed=0)
+        net.train()
+        net(x).square().sum().backward()
+        grads.append([p.scores["a"].grad for p in net.parametrizations()])
+    assert all(torch.allclose(a, b) for a, b in zip(*grads))
+
+
+def test_frozen_batchnorm_matches_eval_mode_batchnorm():
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_()
+        bn.bias.uniform_()
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.allclose(TaskBatchNorm(bn)(x), bn.eval()(x), atol=1e-6)
+
+
+def test_reserved_task_names_are_refused(backbone):
+    net = pl.PiggybackNet(backbone)
+    with pytest.raises(ValueError, match="reserved"):
+        net.add_task("training", 3)
