@@ -125,8 +125,6 @@ def run_method(net: PiggybackNet, data: TaskData, config: TrainConfig, *, label:
     train, val, test = loaders or make_loaders(data, batch_size=batch_size, seed=config.seed)
     net.add_task(name, data.num_classes, mask=mask, task_bn=task_bn, class_names=list(data.classes), seed=config.seed)
     initial_sparsity = overall_sparsity(net, name)
-    if config.method == "classifier":
-        net.freeze_task(name)  # the mask stays all ones; with no scores nothing flows into the backbone
     trainer = Trainer(config, progress=progress)
     for event, fn in (callbacks or {}).items():
         trainer.add_callback(event, fn)

@@ -349,14 +349,14 @@ lines = [
     f"learning a mask {'added' if gain > 0 else 'did not add'} accuracy over a new head alone "
     f"({gain * 100:+.1f} points; one test image is {one_image:.1%}).",
     f"- **Piggyback vs fine-tuning:** fine-tuning every weight reached {acc['finetune']:.1%}, "
-    f"{abs(gap) * 100:.1f} points {'above' if gap > 0 else 'below'} piggyback"
+    + (f"{abs(gap) * 100:.1f} points {'above' if gap > 0 else 'below'} piggyback" if gap else "the same as piggyback")
     + (" (in the paper piggyback comes within a few points of fine-tuning)." if gap > 0 else "."),
     f"- **Mask:** it switched off {r.loc['piggyback', 'sparsity']:.2%} of the {net.num_masked_weights:,} "
-    f"masked weights: {deep:.2%} of the last third of the layers' weights against {shallow:.2%} of the first "
-    f"third's ({'changes grow with depth, as in the paper' if deep > shallow else 'not more change in depth, unlike the paper'}).",
+    f"masked weights; on average {deep:.2%} per layer in the last third of the layers against {shallow:.2%} in the "
+    f"first third ({'changes grow with depth, as in the paper' if deep > shallow else 'no more change in depth, unlike the paper'}).",
     f"- **Storage:** the piggyback task takes {plots.human_bytes(storage['piggyback'])} against "
     f"{plots.human_bytes(storage['finetune'])} for a fine-tuned copy: {storage['finetune'] / storage['piggyback']:.0f}x "
-    f"less, for {abs(gap) * 100:.1f} points of accuracy {'less' if gap > 0 else 'more'}.",
+    + (f"less, for {abs(gap) * 100:.1f} points of accuracy {'less' if gap > 0 else 'more'}." if gap else "less, for the same accuracy."),
 ]
 display(Markdown("\\n".join(lines)))''',
 )
