@@ -50,8 +50,9 @@ from .backbones import tiny_resnet
 from .network import PiggybackNet
 from .storage import FORMATS, mask_bits_per_weight, save_task
 
-METHODS = ("finetune", "piggyback", "classifier")
-"""Training methods timed against each other; the first is the baseline."""
+METHODS = ("finetune", "piggyback", "piggyback_recompute", "classifier")
+"""Training methods timed against each other; the first is the baseline. `piggyback_recompute`
+is piggyback with ``PiggybackNet(recompute=True)``: masked weights remade in backward."""
 
 TARGETS = {
     "train_step": {"cpu": 1.10, "cuda": 1.05},  # piggyback / finetune, at most
@@ -152,8 +153,14 @@ def training_setup(net: PiggybackNet, method: str) -> tuple[nn.Module, torch.opt
     if method == "finetune":
         model = net.individual_network("pb").train()
         return model, torch.optim.Adam(model.parameters(), lr=1e-4), None
-    task = "pb" if method == "piggyback" else "cls"
+    task = "cls" if method == "classifier" else "pb"
     return net.train(), torch.optim.Adam(net.task_parameters(task), lr=1e-4), task
+
+
+def activate(net: PiggybackNet, method: str, task: str) -> None:
+    """Make `task` active, with masked weights recomputed in backward for `piggyback_recompute`."""
+    net.set_task(task)
+    net.recompute = method == "piggyback_recompute"
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, device: torch.device) -> None:
@@ -204,7 +211,7 @@ def bench_train_step(workload: Workload, device: torch.device, plan: Plan) -> di
     for method in METHODS:
         model, optimizer, task = training_setup(net, method)
         model.to(device)
-        prepare = (lambda task=task: net.set_task(task)) if task else no_op
+        prepare = (lambda method=method, task=task: activate(net, method, task)) if task else no_op
         cases[method] = (prepare, lambda m=model, o=optimizer: train_step(m, o, x, y, device))
     times = interleaved(cases, device, plan.warmup, plan.reps)
     ratio = ratios(times, "finetune")
@@ -261,7 +268,7 @@ def memory_probe(workload: Workload, method: str, device: torch.device, steps: i
         del net
         gc.collect()
     else:
-        net.set_task(task)
+        activate(net, method, task)
     model.to(device)
     for _ in range(steps):
         train_step(model, optimizer, x, y, device)
@@ -425,41 +432,45 @@ def _fmt(s: dict[str, float], digits: int = 2) -> str:
     return f"{s['median']:.{digits}f} [{s['q1']:.{digits}f}, {s['q3']:.{digits}f}]"
 
 
+_MET = {True: "yes", False: "**no**"}
+
+
+def _method_table(title: str, rows: list[dict], key: str, digits: int) -> list[str]:
+    """A markdown table of one figure per training method and its ratio to fine-tuning."""
+    others = [m for m in METHODS if m != "finetune"]
+    header = ["device", "backbone", "size", "batch", *METHODS, *(f"{m} / finetune" for m in others), "met"]
+    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["device"], r["backbone"], r["image_size"], r["batch_size"], *(_fmt(r[key][m], digits) for m in METHODS),
+                 *(_fmt(r["ratio_to_finetune"][m]) for m in others), _MET[r["met"]]]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return [*lines, ""]
+
+
 def report(result: dict) -> str:
     """Markdown tables of a run's results (median [quartiles]), as RESULTS.md shows them."""
     m = result["machine"]
     lines = [f"Machine: {m['cpu']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads)"
              + (f", {m['gpu']}" if "gpu" in m else "") + f"; torch {m['torch']}; {m['date']}.", ""]
-    ok = {True: "yes", False: "**no**"}
     if "train_step" in result:
-        lines += ["Training step (ms; ratio to fine-tuning, target piggyback <= 1.10 CPU / 1.05 GPU):", "",
-                  "| device | backbone | size | batch | finetune ms | piggyback ms | classifier ms | piggyback / finetune | classifier / finetune | met |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['device']} | {r['backbone']} | {r['image_size']} | {r['batch_size']} | {_fmt(r['ms']['finetune'], 1)} | "
-                  f"{_fmt(r['ms']['piggyback'], 1)} | {_fmt(r['ms']['classifier'], 1)} | {_fmt(r['ratio_to_finetune']['piggyback'])} | "
-                  f"{_fmt(r['ratio_to_finetune']['classifier'])} | {ok[r['met']]} |" for r in result["train_step"]]
-        lines.append("")
+        lines += _method_table("Training step (ms; ratio to fine-tuning, target piggyback <= 1.10 CPU / 1.05 GPU):",
+                               result["train_step"], "ms", 1)
     if "train_memory" in result:
-        lines += ["Peak training memory (MiB above the pre-model floor; target piggyback <= 1.10x fine-tuning):", "",
-                  "| device | backbone | size | batch | finetune | piggyback | classifier | piggyback / finetune | classifier / finetune | met |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['device']} | {r['backbone']} | {r['image_size']} | {r['batch_size']} | {_fmt(r['mib']['finetune'], 1)} | "
-                  f"{_fmt(r['mib']['piggyback'], 1)} | {_fmt(r['mib']['classifier'], 1)} | {_fmt(r['ratio_to_finetune']['piggyback'])} | "
-                  f"{_fmt(r['ratio_to_finetune']['classifier'])} | {ok[r['met']]} |" for r in result["train_memory"]]
-        lines.append("")
+        lines += _method_table("Peak training memory (MiB above the pre-model floor; target piggyback <= 1.10x fine-tuning):",
+                               result["train_memory"], "mib", 1)
     if "storage" in result:
         lines += ["Storage per task (random masks; mask bits per masked weight; file bytes include head and metadata):", "",
                   "| backbone | masked weights | zeros | packed bits/w | rice bits/w | packed file | rice file | fine-tuned file | packed / fine-tuned | met |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['backbone']} | {r['masked_weights']:,} | {r['zero_fraction']:.0%} | {r['packed_bits_per_weight']:.6f} | "
                   f"{r['rice_bits_per_weight']:.3f} | {r['packed_file_bytes']:,} | {r['rice_file_bytes']:,} | {r['finetuned_bytes']:,} | "
-                  f"{r['packed_vs_finetuned']:.4f} | {ok[r['met']]} |" for r in result["storage"]]
+                  f"{r['packed_vs_finetuned']:.4f} | {_MET[r['met']]} |" for r in result["storage"]]
         lines.append("")
     if "task_switch" in result:
         lines += ["Task switching (`set_task` between two frozen tasks vs one copy of the masked weights; target <= 2x):", "",
                   "| device | backbone | weight MB | copy ms | set_task ms | ratio | copy GB/s (r+w) | met |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['device']} | {r['backbone']} | {r['weight_bytes'] / 1e6:.1f} | {_fmt(r['ms']['copy'], 3)} | "
-                  f"{_fmt(r['ms']['set_task'], 3)} | {_fmt(r['ratio_to_copy'])} | {r['copy_gb_per_s']:.1f} | {ok[r['met']]} |"
+                  f"{_fmt(r['ms']['set_task'], 3)} | {_fmt(r['ratio_to_copy'])} | {r['copy_gb_per_s']:.1f} | {_MET[r['met']]} |"
                   for r in result["task_switch"]]
         lines.append("")
     if "inference" in result:
@@ -468,7 +479,7 @@ def report(result: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['device']} | {r['backbone']} | {r['image_size']} | {r['batch_size']} | {_fmt(r['images_per_s']['plain'], 0)} | "
                   f"{_fmt(r['images_per_s']['merged'], 0)} | {_fmt(r['images_per_s']['unmerged'], 0)} | "
-                  f"{_fmt(r['throughput_ratio_to_plain']['merged'])} | {_fmt(r['throughput_ratio_to_plain']['unmerged'])} | {ok[r['met']]} |"
+                  f"{_fmt(r['throughput_ratio_to_plain']['merged'])} | {_fmt(r['throughput_ratio_to_plain']['unmerged'])} | {_MET[r['met']]} |"
                   for r in result["inference"]]
         lines.append("")
     return "\n".join(lines)
