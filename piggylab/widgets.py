@@ -255,10 +255,8 @@ class Explorer:
         return box
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
-        # Plotly's FigureWidget sends its full state only when displayed itself; shown inside a
-        # box it would start from its state at construction, so refresh it before displaying.
         for figure in (self.curve, self.sparsity_figure):
-            figure._repr_mimebundle_()
+            _store_view_state(figure)
         return self.widget._repr_mimebundle_(**kwargs)
 
     def _enable_method_settings(self) -> None:
@@ -311,6 +309,8 @@ class Explorer:
                 raise
             return None
         finally:
+            for figure in (self.curve, self.sparsity_figure):
+                _store_view_state(figure)
             self.button.disabled = False
 
     def _run(self, settings: RunSettings) -> dict[str, Any]:
@@ -385,6 +385,8 @@ class Explorer:
         with self.curve.batch_update():
             live.loss_trace.x, live.loss_trace.y = list(live.steps), list(live.losses)
             live.acc_trace.x, live.acc_trace.y = list(live.epochs), list(live.accuracies)
+        if force:  # each epoch's end: a view opened mid-run starts from here
+            _store_view_state(self.curve)
         self._set_status(live.progress())
 
     def _show_sparsity(self, number: int, settings: RunSettings, layers: pd.DataFrame) -> None:
@@ -397,6 +399,18 @@ class Explorer:
     def _set_status(self, message: str, error: bool = False) -> None:
         colour = "#b00020" if error else "inherit"
         self.status.value = f'<div style="color: {colour}">{message}</div>'
+
+
+def _store_view_state(figure: go.FigureWidget) -> None:
+    """Store the figure as it is now in the widget state that new views of it start from.
+
+    plotly's FigureWidget sends edits (new traces, new points, a new title) as one-off messages
+    that update the views on screen, but its synced state (``_widget_data``, ``_widget_layout``)
+    is refreshed only when the figure itself is displayed. A view made later (the browser tab
+    reloaded, the notebook closed and reopened, the figure shown inside a box) would start from
+    that stale state: an empty training curve. Its own `_repr_mimebundle_` does the refresh.
+    """
+    figure._repr_mimebundle_()
 
 
 def _curve_layout() -> go.Figure:

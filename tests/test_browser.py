@@ -7,7 +7,8 @@
 3. it changes the task, the mask kind and the epochs, clicks Train, and checks that the live
    plotly curve gains the new run's points (as many epochs as asked for) and that the sparsity
    bars show the new run;
-4. screenshots go to ``test-artifacts/browser/`` (also on failure), and any JavaScript error in
+4. it reloads the tab, as users do, and checks that both figures come back as they were;
+   screenshots go to ``test-artifacts/browser/`` (also on failure), and any JavaScript error in
    the console fails the test (the few allowed ones are listed below, each with its reason);
 5. the batch runner (``piggylab batch``) runs a small grid of the fixture notebooks and Chromium
    opens its ``report.html`` from disk, checking that every plotly figure rendered.
@@ -292,6 +293,24 @@ def test_explorer_trains_live_in_jupyterlab(page, deadline, tmp_path):
 
             page.locator(".piggylab-explorer").scroll_into_view_if_needed()
             save_screenshot(page, "explorer")
+
+            # Save and reload the tab, as users do: the explorer comes back from the running kernel's
+            # widget state and must show the same figures (new views start from that state, not from
+            # the messages that updated the old ones).
+            page.keyboard.press("Control+s")
+            page.wait_for_function("() => !document.querySelector('.lm-TabBar-tab.jp-mod-current.jp-mod-dirty')",
+                                   timeout=deadline.ms(10))
+            page.reload(timeout=deadline.ms(60))
+            wait_for_kernel_idle(page, deadline, cap_s=60)
+            page.locator(".piggylab-curve .js-plotly-plot").first.wait_for(timeout=deadline.ms(30))
+            page.locator(".piggylab-sparsity .js-plotly-plot").first.wait_for(timeout=deadline.ms(10))
+            reloaded = figure_state(page, ".piggylab-curve")
+            assert reloaded["traces"] == after["traces"], (
+                f"after a page reload the training curve lost its runs: {reloaded['traces']} instead of "
+                f"{after['traces']}")
+            assert reloaded["svgPoints"] == after["svgPoints"], (reloaded, after)
+            assert figure_state(page, ".piggylab-sparsity")["title"] == sparsity["title"], (
+                "after a page reload the sparsity bars are not the latest run's")
             page.console.check(f"{NOTEBOOK} in JupyterLab")
         except BaseException:
             save_screenshot(page, "explorer-failure")
