@@ -1,0 +1,96 @@
+"""Ablations: PackNet runs, task order, backbone initialisation, and notebook 08 under papermill."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import piggylab as pl
+from piggylab.ablations import (BackboneVariant, backbone_init_ablation, default_orders, init_variants, order_spread,
+                                randomised, run_packnet, task_order_ablation)
+from piggylab.backbones import TINY_CHECKPOINT
+from piggylab.datasets import embedded_task
+from piggylab.packnet import PackNetConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = {"train": 48, "val": 16, "test": 24}
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return [embedded_task(name, sizes=SIZES) for name in ("greek", "sketch")]
+
+
+def test_run_packnet_rows(backbone, tasks):
+    rows, histories = run_packnet(backbone, tasks, PackNetConfig(epochs=1, retrain_epochs=1, device="cpu"),
+                                  seeds={"greek": 3}, batch_size=16)
+    assert rows["task"].tolist() == ["greek", "sketch"] and rows["position"].tolist() == [1, 2]
+    assert set(rows["method"]) == {"packnet"}
+    assert rows["sparsity"].tolist() == pytest.approx([0.5, 0.25], abs=1e-3)  # task 2 sees 1/2 + 1/4 of the weights
+    assert rows["owned_fraction"].tolist() == pytest.approx([0.5, 0.25], abs=1e-3)
+    assert rows["accuracy"].between(0, 1).all() and (rows["storage_bytes"] > 0).all()
+    assert histories.groupby("task")["phase"].apply(list).to_dict() == {"greek": ["train", "retrain"],
+                                                                       "sketch": ["train", "retrain"]}
+
+
+def test_task_order_piggyback_is_invariant_packnet_is_not(backbone, tasks):
+    rows, histories = task_order_ablation(backbone, tasks, batch_size=16,
+                                          piggyback=pl.TrainConfig("piggyback", epochs=1, lr_scores=1e-2, device="cpu"),
+                                          packnet=PackNetConfig(epochs=1, retrain_epochs=0, lr=1e-2, device="cpu"))
+    assert len(rows) == 8 and set(rows["order"]) == {"forward", "reversed"}
+    assert set(histories["method"]) == {"piggyback", "packnet"}
+    spread = order_spread(rows).set_index(["method", "task"])
+    for task in ("greek", "sketch"):
+        assert spread.loc[("piggyback", task), "spread"] == 0.0
+    piggyback = rows[rows["method"] == "piggyback"].pivot(index="task", columns="order", values="val_accuracy")
+    assert (piggyback["forward"] == piggyback["reversed"]).all()
+    packnet = rows[rows["method"] == "packnet"].set_index(["task", "order"])
+    assert packnet.loc[("greek", "forward"), "position"] == 1 and packnet.loc[("greek", "reversed"), "position"] == 2
+    assert packnet.loc[("greek", "forward"), "owned_fraction"] != packnet.loc[("greek", "reversed"), "owned_fraction"]
+    with pytest.raises(ValueError, match="must list each of"):
+        task_order_ablation(backbone, tasks, piggyback=None, packnet=None, orders={"bad": ["greek"]})
+    assert default_orders(tasks) == {"forward": ["greek", "sketch"], "reversed": ["sketch", "greek"]}
+
+
+def test_backbone_init_ablation(backbone, tasks):
+    random = randomised(backbone, seed=1)
+    assert type(random) is type(backbone)
+    assert not torch.equal(random.conv1.weight, backbone.conv1.weight)
+    assert torch.equal(randomised(backbone, seed=1).conv1.weight, random.conv1.weight)
+    variants = [BackboneVariant("pretrained", backbone, "fixture"), BackboneVariant("random", random, "reset")]
+    rows = backbone_init_ablation(variants, tasks[:1], pl.TrainConfig("piggyback", epochs=1, device="cpu"),
+                                  batch_size=16)
+    assert rows["variant"].tolist() == ["pretrained", "random"] and set(rows["method"]) == {"piggyback"}
+    assert {"accuracy", "sparsity", "storage_bytes", "source_accuracy"} <= set(rows.columns)
+
+
+def test_init_variants_pretrain_an_early_checkpoint(backbone):
+    variants = init_variants(backbone, source_accuracy=0.9, early_epochs=1, early_scale=0.002, device="cpu")
+    assert [v.name for v in variants] == ["pretrained", "random", "early"]
+    assert variants[0].model is backbone and variants[0].source_accuracy == 0.9
+    assert 0 <= variants[2].source_accuracy <= 1
+    shapes = {k: v.shape for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+    for variant in variants[1:]:
+        assert {k: v.shape for k, v in variant.model.state_dict().items() if not k.startswith("fc.")} == shapes
+    assert [v.name for v in init_variants(backbone, early_epochs=0)] == ["pretrained", "random"]
+    with pytest.raises(ValueError, match="tiny backbone only"):
+        init_variants(torch.nn.Sequential(torch.nn.Linear(2, 2)), early_epochs=1)
+
+
+@pytest.mark.skipif(not TINY_CHECKPOINT.exists(), reason="needs the committed tiny backbone")
+def test_notebook_08_smoke_run(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path / "out"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "08_baselines.ipynb"), str(tmp_path / "run.ipynb"),
+                               parameters={"smoke": True, "output_dir": str(out), "device": "cpu"},
+                               kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["notebook"] == "08_baselines"
+    results = pd.DataFrame(metrics["results"])
+    assert {"classifier", "finetune", "piggyback", "piggyback + task BN", "packnet (forward order)",
+            "packnet (reversed order)", "piggyback (reversed order)", "piggyback (random backbone)"} <= set(results["method"])
+    assert {"task", "method", "accuracy", "sparsity", "storage_bytes"} <= set(results.columns)
+    for name in ("comparison", "storage", "task_order", "backbone_init"):
+        assert (out / f"{name}.csv").exists() and (out / f"{name}.html").exists()
