@@ -387,7 +387,7 @@ scale_factors = [1.0, 10.0]  # multiples of each scheme's default scale
 threshold = 5e-3        # tau: a score above it keeps its weight''',
     rules='''"dataset": experiments.TASKS, "inits": experiments.non_empty_list_of(pl.INIT_SCHEMES),
          "scale_factors": experiments.positive_numbers, "threshold": experiments.positive_number''',
-    scale=0.25,
+    scale=0.2,
     paper_data="-p dataset cubs",
     cells=[
         ("md", '''\
@@ -606,7 +606,7 @@ thresholds = [2e-3, 8e-3]        # thresholds tried besides the default 5e-3 (co
 inits = ["weight"]               # score inits tried besides the default "constant"''',
     rules='''"datasets": experiments.non_empty_list_of(experiments.TASKS), "variant_dataset": experiments.TASKS,
          "thresholds": experiments.positive_numbers, "inits": experiments.non_empty_list_of(pl.INIT_SCHEMES)''',
-    scale=0.2,
+    scale=0.15,
     paper_data="-p datasets '[\"flowers\", \"cubs\", \"cars\", \"sketch\", \"wikiart\"]' -p variant_dataset wikiart",
     cells=[
         ("md", '''\
@@ -718,7 +718,7 @@ baselines = ["classifier", "finetune"]  # methods to compare with, each task on 
 check_order = True               # also train the first task last, in another network''',
     rules='''"datasets": experiments.non_empty_list_of(experiments.TASKS),
          "baselines": experiments.non_empty_list_of(("classifier", "finetune")), "check_order": bool''',
-    scale=0.15,
+    scale=0.12,
     paper_data="-p datasets '[\"cubs\", \"cars\", \"flowers\", \"wikiart\", \"sketch\"]'",
     cells=[
         ("md", '''\
