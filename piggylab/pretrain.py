@@ -64,18 +64,20 @@ def pretrain_tiny_backbone(*, epochs: int = RECIPE["epochs"], lr: float = RECIPE
                            blocks: int = RECIPE["blocks"], data_seed: int = 0) -> tuple[TinyResNet, dict[str, Any]]:
     """Train `tiny_resnet` on the source task; return ``(model, info)``, the model on CPU in eval mode.
 
-    `optimizer` (``sgd`` with `momentum`, or ``adam``) with `weight_decay` at `lr`, multiplied
-    by 0.1 at each of `decay_epochs` (default: the recipe's milestones rescaled to `epochs`). `seed` seeds the initialisation
-    and the batch order, `data_seed` the generated source task (whose size is `scale` times the
-    default). With `output` (a ``.safetensors`` path) the checkpoint is written there and the
-    record `info` to `record_path(output)`, both atomically; with None nothing is written.
+    `optimizer` (``adam``, or ``sgd`` with `momentum`) with `weight_decay` at `lr`, multiplied
+    by 0.1 at each of `decay_epochs` (default: the recipe's milestones rescaled to `epochs`).
+    `seed` seeds the initialisation and the batch order, `data_seed` the generated source task
+    (whose size is `scale` times the default). With `output` (a ``.safetensors`` path) the
+    checkpoint is written there and the record `info` to `record_path(output)`, both
+    atomically; with None nothing is written.
     """
     if decay_epochs is None:
         decay_epochs = sorted({max(1, round(e * epochs / RECIPE["epochs"])) for e in RECIPE["decay_epochs"]})
     recipe = {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size), "optimizer": optimizer,
               "momentum": float(momentum), "weight_decay": float(weight_decay),
               "decay_epochs": [int(e) for e in decay_epochs], "lr_decay": RECIPE["lr_decay"],
-              "widths": [int(w) for w in widths], "blocks": int(blocks), "scale": float(scale), "data_seed": int(data_seed)}
+              "widths": [int(w) for w in widths], "blocks": int(blocks), "scale": float(scale),
+              "data_seed": int(data_seed)}
     start = time.perf_counter()
     data = load_task(EMBEDDED_SOURCE, seed=data_seed, scale=scale)
     train_loader, val_loader, test_loader = make_loaders(data, batch_size=batch_size, seed=seed)
@@ -136,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--momentum", type=float, default=RECIPE["momentum"], help="SGD's momentum")
     parser.add_argument("--weight-decay", type=float, default=RECIPE["weight_decay"])
     parser.add_argument("--decay-epochs", type=int, nargs="*", default=None,
-                        help="epochs after which the lr is multiplied by 0.1 (default: the recipe's, rescaled to --epochs)")
-    parser.add_argument("--widths", type=int, nargs="+", default=list(RECIPE["widths"]), help="channels of the three stages")
+                        help="epochs after which the lr is multiplied by 0.1 "
+                             "(default: the recipe's, rescaled to --epochs)")
+    parser.add_argument("--widths", type=int, nargs="+", default=list(RECIPE["widths"]),
+                        help="channels of the stages")
     parser.add_argument("--blocks", type=int, default=RECIPE["blocks"], help="basic blocks per stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-seed", type=int, default=0)
