@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .backbones import TINY_CHECKPOINT, TinyResNet
+from .backbones import TINY_CHECKPOINT, TinyResNet, load_tiny_backbone
 from .datasets import TaskData, make_loaders
 from .experiments import run_method, train_config
 from .network import PiggybackNet
@@ -129,6 +129,10 @@ def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+EARLY_CHECKPOINT = TINY_CHECKPOINT.with_name("tiny_resnet_early.safetensors")
+"""Where an early checkpoint of the tiny backbone's pretraining run is read from, if present."""
+
+
 def checkpoint_accuracy(path: str | Path | None = None) -> float | None:
     """Source-task validation accuracy of a tiny-backbone checkpoint, from the record beside it
     (default: the committed one); None when there is no record."""
@@ -136,28 +140,34 @@ def checkpoint_accuracy(path: str | Path | None = None) -> float | None:
     return json.loads(record.read_text()).get("val_accuracy") if record.exists() else None
 
 
-def init_variants(pretrained: nn.Module, *, source_accuracy: float | None = None, seed: int = 0,
-                  early_epochs: int = 1, early_scale: float = 0.05, device: str = "auto") -> list[BackboneVariant]:
+def init_variants(pretrained: nn.Module, *, source_accuracy: float | None = None,
+                  early_checkpoint: str | Path | None = EARLY_CHECKPOINT, early_epochs: int = 1,
+                  early_scale: float = 0.05, seed: int = 0, device: str = "auto") -> list[BackboneVariant]:
     """The backbones of the initialisation ablation, all of `pretrained`'s architecture:
 
     - ``pretrained``: `pretrained` itself (its source-task accuracy: `source_accuracy`);
     - ``random``: the same architecture re-initialised (`randomised`), as in a supermask;
-    - ``early`` (with `early_epochs` > 0, for the lab's tiny ResNet only): the architecture
-      pretrained on the source task by `pretrain_tiny_backbone` for `early_epochs` on
-      `early_scale` of its training set, an early checkpoint standing in for a poorly trained
-      backbone.
+    - ``early`` (the lab's tiny ResNet only): a backbone pretrained less. Read from
+      `early_checkpoint` if that file exists (an early checkpoint of the pretraining run,
+      default `EARLY_CHECKPOINT`); otherwise, with `early_epochs` > 0, pretrained here by
+      `pretrain_tiny_backbone` for `early_epochs` on `early_scale` of the source task (a
+      cheap stand-in: a few dozen steps, so often hardly better than random).
     """
     variants = [BackboneVariant("pretrained", pretrained, "the pretrained backbone", source_accuracy),
                 BackboneVariant("random", randomised(pretrained, seed), "same architecture, random weights")]
-    if early_epochs > 0:
+    if early_checkpoint is not None and Path(early_checkpoint).exists():
+        variants.append(BackboneVariant("early", load_tiny_backbone(early_checkpoint),
+                                        f"early checkpoint {Path(early_checkpoint).name}",
+                                        checkpoint_accuracy(early_checkpoint)))
+    elif early_epochs > 0:
         if not isinstance(pretrained, TinyResNet):
             raise ValueError(f"an early checkpoint can be pretrained for the tiny backbone only, not "
                              f"{type(pretrained).__name__}; pass early_epochs=0")
         widths = tuple(stage[0].conv1.out_channels for stage in pretrained.layers)
         early, info = pretrain_tiny_backbone(epochs=early_epochs, scale=early_scale, seed=seed, device=device,
                                              widths=widths, blocks=len(pretrained.layers[0]), progress=False)
-        variants.append(BackboneVariant("early", early, f"pretrained {early_epochs} epoch(s) on {early_scale:g} of "
-                                        "the source task", info["val_accuracy"]))
+        variants.append(BackboneVariant("early", early, f"pretrained here {early_epochs} epoch(s) on "
+                                        f"{early_scale:g} of the source task", info["val_accuracy"]))
     return variants
 
 

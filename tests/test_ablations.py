@@ -13,6 +13,7 @@ from piggylab.ablations import (BackboneVariant, backbone_init_ablation, default
 from piggylab.backbones import TINY_CHECKPOINT
 from piggylab.datasets import embedded_task
 from piggylab.packnet import PackNetConfig
+from piggylab.pretrain import record_path, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"train": 48, "val": 16, "test": 24}
@@ -66,17 +67,23 @@ def test_backbone_init_ablation(backbone, tasks):
     assert {"accuracy", "sparsity", "storage_bytes", "source_accuracy"} <= set(rows.columns)
 
 
-def test_init_variants_pretrain_an_early_checkpoint(backbone):
-    variants = init_variants(backbone, source_accuracy=0.9, early_epochs=1, early_scale=0.002, device="cpu")
+def test_init_variants_pretrain_or_read_an_early_checkpoint(backbone, tmp_path):
+    variants = init_variants(backbone, source_accuracy=0.9, early_checkpoint=None, early_epochs=1, early_scale=0.002,
+                             device="cpu")
     assert [v.name for v in variants] == ["pretrained", "random", "early"]
     assert variants[0].model is backbone and variants[0].source_accuracy == 0.9
     assert 0 <= variants[2].source_accuracy <= 1
     shapes = {k: v.shape for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
     for variant in variants[1:]:
         assert {k: v.shape for k, v in variant.model.state_dict().items() if not k.startswith("fc.")} == shapes
-    assert [v.name for v in init_variants(backbone, early_epochs=0)] == ["pretrained", "random"]
+    assert [v.name for v in init_variants(backbone, early_checkpoint=None, early_epochs=0)] == ["pretrained", "random"]
+    path = tmp_path / "early.safetensors"
+    save_checkpoint(variants[2].model, path, seed=0, recipe={})
+    record_path(path).write_text(json.dumps({"val_accuracy": 0.25}))
+    early = init_variants(backbone, early_checkpoint=path)[2]
+    assert early.source_accuracy == 0.25 and torch.equal(early.model.conv1.weight, variants[2].model.conv1.weight)
     with pytest.raises(ValueError, match="tiny backbone only"):
-        init_variants(torch.nn.Sequential(torch.nn.Linear(2, 2)), early_epochs=1)
+        init_variants(torch.nn.Sequential(torch.nn.Linear(2, 2)), early_checkpoint=None, early_epochs=1)
 
 
 @pytest.mark.skipif(not TINY_CHECKPOINT.exists(), reason="needs the committed tiny backbone")
