@@ -18,7 +18,7 @@ class _Data:
 
 def test_train_config_recipes():
     embedded = experiments.train_config("piggyback", epochs=6, device="cpu")
-    assert (embedded.epochs, embedded.decay_epochs, embedded.lr_scores) == (6, (4,), 1e-3)
+    assert (embedded.epochs, embedded.decay_epochs, embedded.lr_scores) == (6, (4,), 2e-4)
     assert experiments.train_config("finetune").optimizer_name == "sgd"
     paper = experiments.train_config("piggyback", "paper")
     assert (paper.epochs, paper.decay_epochs, paper.lr) == (30, (15,), 1e-4)
