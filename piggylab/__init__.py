@@ -8,13 +8,13 @@ the network's weights (1 bit per weight per task). The public names:
 - training: `Trainer`, `TrainConfig`, `train`, `evaluate`, `paper_recipe`, `resolve_device`
 - storage: `save_task`, `load_task`, `TaskFileError`
 - analysis: `layer_sparsity`, `overall_sparsity`, `sparsity_by_task`, `storage_table`
-- backbones: `tiny_resnet`
+- backbones: `load_backbone`, `tiny_resnet` (datasets live in `piggylab.datasets`)
 """
 
 __version__ = "0.1.0"
 
 from .analysis import layer_sparsity, overall_sparsity, sparsity_by_task, storage_table
-from .backbones import tiny_resnet
+from .backbones import load_backbone, tiny_resnet
 from .masks import GRAD_SCALINGS, INIT_SCHEMES, MASK_KINDS, MaskConfig, MaskedWeight, init_scores, masked_weight, threshold_scores
 from .network import PiggybackNet
 from .storage import TaskFileError, load_task, save_task
@@ -23,6 +23,7 @@ from .train import PAPER_RECIPES, Trainer, TrainConfig, TrainingDiverged, evalua
 __all__ = [
     "GRAD_SCALINGS", "INIT_SCHEMES", "MASK_KINDS", "PAPER_RECIPES", "MaskConfig", "MaskedWeight", "PiggybackNet",
     "TaskFileError", "Trainer", "TrainConfig", "TrainingDiverged", "evaluate", "init_scores", "layer_sparsity",
+    "load_backbone",
     "load_task", "masked_weight", "overall_sparsity", "paper_recipe", "resolve_device", "save_task",
     "sparsity_by_task", "storage_table", "threshold_scores", "tiny_resnet", "train",
 ]

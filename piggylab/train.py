@@ -46,6 +46,10 @@ class TrainingDiverged(FloatingPointError):
 class TrainConfig:
     """Hyper-parameters of one training run; defaults are a short run on the embedded tasks.
 
+    The scores' learning rate is the paper's 1e-4: with Adam each score moves about `lr_scores`
+    per step, so at 1e-3 a constant init of 1e-2 crosses tau = 5e-3 within a few noisy steps
+    and a large part of the mask switches off before the head has learnt anything.
+
     `lr` is the head's (and, for `finetune`, every weight's) learning rate, `lr_scores` the
     masks'. The learning rate is multiplied by `lr_decay` at each epoch in `decay_epochs`.
     `bn_mode`: `frozen` keeps the backbone's BN, `task` trains the task's own BN copy (§5.3,
@@ -55,8 +59,8 @@ class TrainConfig:
 
     method: str = "piggyback"
     epochs: int = 5
-    lr: float = 1e-3
-    lr_scores: float = 1e-3
+    lr: float = 1e-2
+    lr_scores: float = 1e-4
     optimizer: str | None = None
     momentum: float = 0.9
     weight_decay: float = 0.0
