@@ -1,0 +1,105 @@
+"""The ``piggylab`` command line: ``piggylab batch GRID.yaml`` and ``piggylab report RUN_DIR``.
+
+A thin argparse layer over `piggylab.batch.run_batch` and `piggylab.report.build_report`;
+the grid format and what a batch writes are documented in `piggylab.batch`. Exit status: 0
+when every run finished, 1 when some failed (the report lists them), 2 for a bad grid or
+command line, 130 when interrupted (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as YAML (``epochs=3``, ``smoke=true``, ``tasks=[a, b]``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML ({exc})") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``piggylab`` command."""
+    parser = argparse.ArgumentParser(prog="piggylab", description="Run and report grids of the lab's notebooks.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    batch = commands.add_parser("batch", help="run a grid of notebooks x parameters on Dask, then write the report",
+                                description="Run every unfinished run of GRID (runs with a metrics.json are "
+                                "skipped), keep going past failures, then write results.csv and report.html.")
+    batch.add_argument("grid", metavar="GRID", help="grid file (YAML), e.g. grids/embedded.yaml")
+    batch.add_argument("--scheduler", default="local", metavar="ADDRESS",
+                       help="'local' (default: a LocalCluster of worker processes), 'local-threads' (workers in "
+                       "this process) or a running scheduler's address, e.g. tcp://gpu-node:8786 (its workers "
+                       "must see the same files)")
+    batch.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: the grid's, else 2)")
+    batch.add_argument("--output", metavar="DIR", help="output folder (default: the grid's 'output')")
+    batch.add_argument("--set", dest="overrides", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
+                       help="set a parameter in every run whose notebook has it (VALUE is YAML); repeatable")
+    batch.add_argument("--smoke", action="store_true", help="shorthand for --set smoke=true (tiny, fast runs)")
+    batch.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done; run nothing")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+
+    report = commands.add_parser("report", help="rebuild results.csv and report.html from a batch's output folder")
+    report.add_argument("output", metavar="RUN_DIR", help="a batch's output folder (the grid's 'output')")
+    report.add_argument("--title", help="page title")
+    return parser
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import load_grid, run_batch
+
+    overrides = dict(args.overrides)
+    if args.smoke:
+        overrides["smoke"] = True
+    grid = load_grid(args.grid, output=args.output, overrides=overrides, workers=args.workers)
+    if args.dry_run:
+        for run in grid.runs:
+            params = " ".join(f"{k}={v}" for k, v in run.parameters.items())
+            print(f"{'done' if run.done else 'to run':>6}  {run.run_id}  {params}")
+        print(f"{len(grid.runs)} runs, {sum(r.done for r in grid.runs)} done; output: {grid.output}")
+        return 0
+    result = run_batch(grid, scheduler=args.scheduler, progress=not args.quiet)
+    counts = {s: len(result.by_status(s)) for s in ("ok", "skipped", "failed")}
+    print(f"{counts['ok']} ran, {counts['skipped']} already done, {counts['failed']} failed; results: {result.results_csv}")
+    print(f"report: {result.report}")
+    return 1 if counts["failed"] else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    try:
+        path = build_report(args.output, title=args.title)
+    except FileNotFoundError as exc:
+        print(f"piggylab report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``piggylab`` script; returns the exit status."""
+    from .batch import GridError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _batch(args) if args.command == "batch" else _report(args)
+    except GridError as exc:
+        print(f"piggylab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
