@@ -33,7 +33,6 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .backbones import TINY_CHECKPOINT, TinyResNet, load_tiny_backbone
 from .datasets import TaskData, make_loaders
@@ -42,9 +41,6 @@ from .network import PiggybackNet
 from .packnet import PackNet, PackNetConfig, train_packnet
 from .pretrain import pretrain_tiny_backbone, record_path
 from .train import TrainConfig, evaluate
-
-Loaders = tuple[DataLoader, DataLoader, DataLoader]
-
 
 def task_seeds(tasks: Sequence[TaskData], seed: int) -> dict[str, int]:
     """One seed per task, by its position in `tasks` (not by its turn in an order)."""

@@ -61,7 +61,6 @@ from .network import TASK_NAME, TaskBatchNorm, TaskHeads, _find_classifier, _mas
 from .train import OPTIMIZERS, TrainingDiverged, _autocast, evaluate, resolve_device
 
 BN_MODES = ("task", "frozen")
-PHASES = ("eval", "train", "retrain")
 MAX_TASKS = 255
 """A uint8 index holds 0 (free) and up to 255 task numbers."""
 

@@ -96,8 +96,9 @@ def test_notebook_08_smoke_run(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["notebook"] == "08_baselines"
     results = pd.DataFrame(metrics["results"])
-    assert {"classifier", "finetune", "piggyback", "piggyback + task BN", "packnet (forward order)",
-            "packnet (reversed order)", "piggyback (reversed order)", "piggyback (random backbone)"} <= set(results["method"])
+    expected = {"classifier", "finetune", "piggyback", "piggyback + task BN", "packnet (forward order)",
+                "packnet (reversed order)", "piggyback (reversed order)", "piggyback (random backbone)"}
+    assert expected <= set(results["method"])
     assert {"task", "method", "accuracy", "sparsity", "storage_bytes"} <= set(results.columns)
     for name in ("comparison", "storage", "task_order", "backbone_init"):
         assert (out / f"{name}.csv").exists() and (out / f"{name}.html").exists()

@@ -102,7 +102,8 @@ def test_task_order_changes_packnet_but_not_piggyback(backbone):
         net = pl.PiggybackNet(backbone)
         for name in order:
             net.add_task(name, 3, seed=seeds[name])
-            pl.train(net, name, *loaders[name], epochs=1, lr_scores=1e-2, seed=seeds[name], device="cpu", progress=False)
+            pl.train(net, name, *loaders[name], epochs=1, lr_scores=1e-2, seed=seeds[name], device="cpu",
+                     progress=False)
         return {name: _logits(net, name, x) for name in order}
 
     def packnet(order):
