@@ -14,7 +14,7 @@ task, and per method the candidate with the best mean *validation* accuracy over
 the one reported (the CSV keeps all of them, with their validation and test accuracy and a
 `selected` flag). The test split plays no part in the choice.
 
-    python scripts/embedded_results.py --jobs 2        # the table in data/README.md
+    python scripts/embedded_results.py --jobs 3        # the table in data/README.md
 
 This script does not pretrain the backbone (`python -m piggylab.pretrain` does).
 """
