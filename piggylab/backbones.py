@@ -1,6 +1,6 @@
 """Backbones: the lab's tiny ResNet and torchvision models by name.
 
-`tiny_resnet` is a small CIFAR-style ResNet with batchnorm (about 0.7M parameters) that the
+`tiny_resnet` is a small CIFAR-style ResNet with batchnorm (9 convs, about 0.3M parameters) that the
 lab pretrains on its embedded source task, standing in for the paper's ImageNet networks.
 Loading weights (the committed checkpoint, torchvision's ImageNet weights) lives here too;
 this module does not train anything.
@@ -43,7 +43,7 @@ class BasicBlock(nn.Module):
 class TinyResNet(nn.Module):
     """A ResNet for 32x32 inputs: a 3x3 stem, three stages of basic blocks, global pooling, fc."""
 
-    def __init__(self, num_classes: int = 62, widths: tuple[int, ...] = (32, 64, 128), blocks: int = 2) -> None:
+    def __init__(self, num_classes: int = 62, widths: tuple[int, ...] = (32, 64, 128), blocks: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -63,7 +63,7 @@ class TinyResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def tiny_resnet(num_classes: int = 62, widths: tuple[int, ...] = (32, 64, 128), blocks: int = 2) -> TinyResNet:
+def tiny_resnet(num_classes: int = 62, widths: tuple[int, ...] = (32, 64, 128), blocks: int = 1) -> TinyResNet:
     """The lab's tiny backbone, randomly initialised."""
     return TinyResNet(num_classes, widths, blocks)
 
@@ -86,7 +86,7 @@ def load_tiny_backbone(path: str | Path | None = None) -> TinyResNet:
     state = load_file(str(path))
     metadata = safe_open(str(path), "pt").metadata() or {}
     model = tiny_resnet(int(metadata.get("num_classes", state["fc.weight"].shape[0])),
-                        tuple(json.loads(metadata.get("widths", "[32, 64, 128]"))), int(metadata.get("blocks", 2)))
+                        tuple(json.loads(metadata.get("widths", "[32, 64, 128]"))), int(metadata.get("blocks", 1)))
     model.load_state_dict(state)
     return model
 
