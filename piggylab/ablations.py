@@ -114,8 +114,6 @@ class BackboneVariant:
 def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
     """A copy of `model` with every layer re-initialised by its own `reset_parameters`
     (batchnorm statistics too): the same architecture, random weights."""
-    import torch
-
     model = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

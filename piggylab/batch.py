@@ -33,6 +33,7 @@ line. This module does not build the report: `piggylab.report` does, from the ru
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as _dt
 import functools
 import hashlib
@@ -370,10 +371,12 @@ def execute_run(run: Run) -> RunOutcome:
                                            "host": socket.gethostname()})
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(str(run.notebook_path), str(run.run_dir / "executed.ipynb"),
-                                   parameters=run.injected, kernel_name=ensure_kernel(), language="python",
-                                   cwd=str(run.notebook_path.parent), progress_bar=False,
-                                   extra_arguments=KERNEL_ARGUMENTS)
+        # A fresh context: jupyter_core keeps its event loop in a context variable, and Dask's
+        # in-process workers copy one context into every thread, so two runs would share a loop.
+        contextvars.Context().run(
+            papermill.execute_notebook, str(run.notebook_path), str(run.run_dir / "executed.ipynb"),
+            parameters=run.injected, kernel_name=ensure_kernel(), language="python",
+            cwd=str(run.notebook_path.parent), progress_bar=False, extra_arguments=KERNEL_ARGUMENTS)
     except Exception as exc:  # a failed run is recorded, never raised: the batch goes on
         return record_failure(run, *_error_text(exc), time.perf_counter() - start)
     seconds = time.perf_counter() - start

@@ -51,14 +51,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from .masks import apply_mask
 from .network import TASK_NAME, TaskBatchNorm, TaskHeads, _find_classifier, _maskable_weights, _set_submodule
-from .train import OPTIMIZERS, TrainingDiverged, _autocast, evaluate, resolve_device
+from .train import OPTIMIZERS, _autocast, evaluate, resolve_device, train_one_epoch
 
 BN_MODES = ("task", "frozen")
 MAX_TASKS = 255
@@ -370,32 +369,10 @@ def _run_phase(net: PackNet, task: str, phase: str, epochs: int, lr: float, trai
     autocast, scaler = _autocast(device, config.amp)
     rows = []
     for epoch in range(1, epochs + 1):
-        net.train()
-        seen = correct = 0
-        loss_sum = 0.0
-        for x, y in train_loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
-                logits = net(x)
-                loss = F.cross_entropy(logits, y)
-            clock["step"] += 1
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss.item()} at step {clock['step']} of PackNet {phase} of task "
-                                       f"{task!r}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            loss_sum += loss.item() * y.numel()
-            correct += int((logits.argmax(1) == y).sum())
-            seen += y.numel()
-            bar.update()
-        rows.append({"phase": phase, "epoch": epoch, "step": clock["step"], "loss": loss_sum / max(seen, 1),
-                     "train_acc": correct / max(seen, 1),
+        stats, clock["step"] = train_one_epoch(net, train_loader, optimizer, device=device, autocast=autocast,
+                                               scaler=scaler, step=clock["step"], on_step=lambda step, loss: bar.update(),
+                                               describe=f"PackNet {phase} of task {task!r}")
+        rows.append({"phase": phase, "epoch": epoch, "step": clock["step"], **stats,
                      "val_acc": evaluate(net, val_loader, device=device, amp=config.amp) if val_loader is not None
                      else float("nan"),
                      "lr": optimizer.param_groups[0]["lr"], "wall_time": time.perf_counter() - clock["start"]})

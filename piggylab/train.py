@@ -156,6 +156,44 @@ def evaluate(model: nn.Module, loader: Iterable, *, task: str | None = None, dev
     return correct / max(total, 1)
 
 
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *, device: torch.device,
+                    autocast, scaler, step: int, describe: str,
+                    on_step: Callable[[int, float], None] | None = None) -> tuple[dict[str, float], int]:
+    """One pass over `loader` with cross-entropy: forward under `autocast`, backward (scaled
+    when `scaler` is given), optimizer step; `on_step(step, loss)` after each batch.
+
+    Returns ({"loss": mean loss, "train_acc": accuracy}, the global step count after the
+    pass). A NaN or infinite loss raises `TrainingDiverged` naming the step and `describe`.
+    Shared by every trainer of the lab (`Trainer`, PackNet's).
+    """
+    model.train()
+    seen = correct = 0
+    loss_sum = 0.0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        step += 1
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at step {step} ({describe}); lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        batch_loss = loss.item()
+        loss_sum += batch_loss * y.numel()
+        correct += int((logits.argmax(1) == y).sum())
+        seen += y.numel()
+        if on_step is not None:
+            on_step(step, batch_loss)
+    return {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}, step
+
+
 @dataclass
 class Trainer:
     """Trains one task by one method; see the module docstring.
@@ -232,35 +270,16 @@ class Trainer:
         bar = tqdm(total=cfg.epochs * len(train_loader), desc=f"{cfg.method} {task}", disable=not self.progress, leave=False)
         try:
             for epoch in range(1, cfg.epochs + 1):
-                model.train()
-                seen = correct = 0
-                loss_sum = 0.0
-                for x, y in train_loader:
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with autocast:
-                        logits = model(x)
-                        loss = F.cross_entropy(logits, y)
-                    step += 1
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(f"loss is {loss.item()} at step {step} (epoch {epoch}) of {cfg.method} "
-                                               f"training of task {task!r}; lower the learning rate")
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    batch_loss = loss.item()
-                    loss_sum += batch_loss * y.numel()
-                    correct += int((logits.argmax(1) == y).sum())
-                    seen += y.numel()
+                def on_step(step: int, loss: float, epoch: int = epoch) -> None:
                     bar.update()
-                    bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
-                    self._trigger("on_step_end", {"epoch": epoch, "step": step, "loss": batch_loss})
+                    bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
+                    self._trigger("on_step_end", {"epoch": epoch, "step": step, "loss": loss})
+
+                stats, step = train_one_epoch(model, train_loader, optimizer, device=device, autocast=autocast,
+                                              scaler=scaler, step=step, on_step=on_step,
+                                              describe=f"epoch {epoch} of {cfg.method} training of task {task!r}")
                 row = {
-                    "epoch": epoch, "step": step, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                    "epoch": epoch, "step": step, **stats,
                     "val_acc": evaluate(model, val_loader, device=device, amp=cfg.amp) if val_loader is not None else float("nan"),
                     "lr": optimizer.param_groups[0]["lr"], "wall_time": time.perf_counter() - start,
                     "sparsity": task_sparsity(net, task) if cfg.method == "piggyback" else 0.0,
