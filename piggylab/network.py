@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -108,6 +108,32 @@ def _maskable_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
                 yield name, module, attr
 
 
+def wrap_backbone(backbone: nn.Module, classifier: str | None,
+                  parametrization: Callable[[Tensor], nn.Module], *, unsafe: bool = False
+                  ) -> tuple[nn.Module, str, dict[str, tuple[nn.Module, str]]]:
+    """A frozen deep copy of `backbone` made ready for tasks: its classifier becomes `TaskHeads`,
+    every maskable weight gets ``parametrization(weight)``, every batchnorm a `TaskBatchNorm`.
+
+    Returns (the copy, the classifier's name, {layer: (module, parameter name)}). Shared by
+    `PiggybackNet` and the PackNet baseline, which parametrize the same weights.
+    """
+    backbone = copy.deepcopy(backbone)
+    classifier = _find_classifier(backbone, classifier)
+    _set_submodule(backbone, classifier, TaskHeads(backbone.get_submodule(classifier).in_features))
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    layers: dict[str, tuple[nn.Module, str]] = {}
+    for name, module, attr in list(_maskable_weights(backbone)):
+        parametrize.register_parametrization(module, attr, parametrization(getattr(module, attr)), unsafe=unsafe)
+        layers[name if attr == "weight" else f"{name}.{attr}"] = (module, attr)
+    if not layers:
+        raise ValueError("the model has no Conv2d or Linear layer besides its classifier")
+    for name, module in list(backbone.named_modules()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            _set_submodule(backbone, name, TaskBatchNorm(module))
+    return backbone, classifier, layers
+
+
 class PiggybackNet(nn.Module):
     """A frozen backbone serving many tasks through learned weight masks.
 
@@ -129,24 +155,8 @@ class PiggybackNet(nn.Module):
                  recompute: bool = False) -> None:
         super().__init__()
         self.recompute = recompute
-        backbone = copy.deepcopy(backbone)
-        classifier = _find_classifier(backbone, classifier)
-        head_in = backbone.get_submodule(classifier).in_features
-        _set_submodule(backbone, classifier, TaskHeads(head_in))
-        self.classifier_name = classifier
+        backbone, self.classifier_name, self.masked_layers = wrap_backbone(backbone, classifier, lambda w: MaskedWeight())
         self.backbone_name = backbone_name
-        for p in backbone.parameters():
-            p.requires_grad_(False)
-        self.masked_layers: dict[str, tuple[nn.Module, str]] = {}
-        for name, module, attr in list(_maskable_weights(backbone)):
-            parametrize.register_parametrization(module, attr, MaskedWeight())
-            key = name if attr == "weight" else f"{name}.{attr}"
-            self.masked_layers[key] = (module, attr)
-        if not self.masked_layers:
-            raise ValueError("the model has no Conv2d or Linear layer to mask besides its classifier")
-        for name, module in list(backbone.named_modules()):
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                _set_submodule(backbone, name, TaskBatchNorm(module))
         self.backbone = backbone
         self._batchnorm_layers = [bn for _, bn in self.batchnorms()]  # a plain list: not registered twice
         self.tasks: dict[str, Task] = {}

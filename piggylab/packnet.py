@@ -52,11 +52,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from .masks import apply_mask
-from .network import TASK_NAME, TaskBatchNorm, TaskHeads, _find_classifier, _maskable_weights, _set_submodule
+from .network import TASK_NAME, TaskBatchNorm, TaskHeads, wrap_backbone
 from .train import OPTIMIZERS, _autocast, evaluate, resolve_device, train_one_epoch
 
 BN_MODES = ("task", "frozen")
@@ -129,21 +128,8 @@ class PackNet(nn.Module):
         super().__init__()
         if bn not in BN_MODES:
             raise ValueError(f"unknown bn mode {bn!r}; choose one of {', '.join(BN_MODES)}")
-        backbone = copy.deepcopy(backbone)
-        classifier = _find_classifier(backbone, classifier)
-        _set_submodule(backbone, classifier, TaskHeads(backbone.get_submodule(classifier).in_features))
+        backbone, classifier, self.layers = wrap_backbone(backbone, classifier, PackedWeight, unsafe=True)
         self.classifier_name, self.backbone_name, self.bn = classifier, backbone_name, bn
-        for p in backbone.parameters():
-            p.requires_grad_(False)
-        self.layers: dict[str, tuple[nn.Module, str]] = {}
-        for name, module, attr in list(_maskable_weights(backbone)):
-            parametrize.register_parametrization(module, attr, PackedWeight(getattr(module, attr)), unsafe=True)
-            self.layers[name if attr == "weight" else f"{name}.{attr}"] = (module, attr)
-        if not self.layers:
-            raise ValueError("the model has no Conv2d or Linear layer to prune besides its classifier")
-        for name, module in list(backbone.named_modules()):
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                _set_submodule(backbone, name, TaskBatchNorm(module))
         self.backbone = backbone
         self.tasks: dict[str, PackTask] = {}
         self.active_task: str | None = None
