@@ -11,8 +11,9 @@
    CUDA: `torch.cuda.max_memory_allocated` above the same point).
 3. `storage`: bytes and bits per masked weight of a task file, packed and entropy coded,
    against a float32 fine-tuned checkpoint, for masks with a given fraction of zeros.
-4. `task_switch`: `net.set_task` between two frozen tasks (merged weights recomputed) against
-   one plain copy of every masked weight, the memory-bandwidth floor.
+4. `task_switch`: `net.set_task` between two frozen tasks (merged weights recomputed), per
+   fraction of zeros in their masks, against one copy of all masked weights as one flat
+   tensor, the memory-bandwidth floor (and, for reference, a copy layer by layer).
 5. `inference`: throughput of a frozen task (merged weights) and of a task still holding
    scores (masked on the fly) against the plain backbone, in eval mode.
 
@@ -81,6 +82,7 @@ class Plan:
 
     workloads: dict[str, tuple[Workload, ...]]  # per device type
     switch_backbone: str
+    switch_zero_fractions: tuple[float, ...]
     storage_backbones: tuple[str, ...]
     zero_fractions: tuple[float, ...]
     warmup: int
@@ -94,12 +96,12 @@ FULL = Plan(
     workloads={"cpu": (Workload("tiny", 32), Workload("resnet18", 64)),
                "cuda": (Workload("tiny", 32), Workload("resnet18", 64), Workload("resnet50", 224),
                         Workload("resnet50", 224, 128))},  # batch 32 leaves an H100 waiting on Python
-    switch_backbone="resnet50", storage_backbones=("tiny", "resnet50"), zero_fractions=(0.0, 0.01, 0.05, 0.10),
+    switch_backbone="resnet50", switch_zero_fractions=(0.01, 0.05, 0.10, 0.30), storage_backbones=("tiny", "resnet50"), zero_fractions=(0.0, 0.01, 0.05, 0.10),
     warmup=3, reps=25, memory_reps=3, memory_steps=3, inference_batches=1,
 )
 QUICK = Plan(
     workloads={"cpu": (Workload("tiny", 32, 8),), "cuda": (Workload("tiny", 32, 8),)},
-    switch_backbone="tiny", storage_backbones=("tiny",), zero_fractions=(0.0, 0.10),
+    switch_backbone="tiny", switch_zero_fractions=(0.05,), storage_backbones=("tiny",), zero_fractions=(0.0, 0.10),
     warmup=1, reps=3, memory_reps=1, memory_steps=2, inference_batches=1,
 )
 
@@ -343,30 +345,38 @@ def bench_storage(backbone: str, plan: Plan) -> list[dict]:
 
 
 # -- 4. task switching ------------------------------------------------------------------------
-def bench_task_switch(backbone: str, device: torch.device, plan: Plan) -> dict:
-    net = build_net(backbone, device)
-    net.add_task("other", NUM_CLASSES)
-    net.set_masks("other", random_masks(net, 0.05, seed=1))
-    net.set_task("other")
+def bench_task_switch(backbone: str, device: torch.device, plan: Plan) -> list[dict]:
+    """Per fraction of zeros, `set_task` from one frozen task to another with random masks of
+    that fraction, against one copy of all the masked weights as one flat tensor (the
+    bandwidth floor) and, for reference, one copy layer by layer."""
+    net = build_net(backbone, device, tasks=())
+    for zeros in plan.switch_zero_fractions:
+        for seed in (1, 2):
+            task = f"z{zeros:g}_{seed}".replace(".", "_")
+            net.add_task(task, NUM_CLASSES)
+            net.set_masks(task, random_masks(net, zeros, seed=seed))
+            net.set_task(task)  # the first switch to a task also finds the positions its mask turns off
     originals = [net.original_weight(layer) for layer in net.masked_layers]
-    copies = [torch.empty_like(w) for w in originals]
+    flat = torch.cat([w.reshape(-1) for w in originals])
+    flat_copy, copies = torch.empty_like(flat), [torch.empty_like(w) for w in originals]
 
-    def plain_copy() -> None:
+    def layer_copy() -> None:
         for dst, src in zip(copies, originals):
             dst.copy_(src)
 
-    target = {"cls": "other", "other": "cls"}
-
-    def switch() -> None:
-        net.set_task(target[net.active_task])
-
-    times = interleaved({"copy": (no_op, plain_copy), "set_task": (no_op, switch)}, device, plan.warmup, plan.reps)
-    ratio = ratios(times, "copy")["set_task"]
-    nbytes = sum(w.numel() * w.element_size() for w in originals)
-    return {"backbone": backbone, "device": device.type, "weight_bytes": nbytes,
-            "ms": {k: summary([1e3 * t for t in v]) for k, v in times.items()},
-            "copy_gb_per_s": 2 * nbytes / statistics.median(times["copy"]) / 1e9,
-            "ratio_to_copy": ratio, "target": TARGETS["task_switch"], "met": ratio["median"] <= TARGETS["task_switch"]}
+    cases: dict[str, Case] = {"copy": (no_op, lambda: flat_copy.copy_(flat)), "layer_copy": (no_op, layer_copy)}
+    for zeros in plan.switch_zero_fractions:
+        first, second = (f"z{zeros:g}_{seed}".replace(".", "_") for seed in (1, 2))
+        cases[f"{zeros:g}"] = (lambda a=first: net.set_task(a), lambda b=second: net.set_task(b))
+    times = interleaved(cases, device, plan.warmup, plan.reps)
+    ratio = ratios(times, "copy")
+    nbytes = flat.numel() * flat.element_size()
+    ms = {k: summary([1e3 * t for t in v]) for k, v in times.items()}
+    return [{"backbone": backbone, "device": device.type, "weight_bytes": nbytes, "zero_fraction": zeros,
+             "ms": {"copy": ms["copy"], "layer_copy": ms["layer_copy"], "set_task": ms[f"{zeros:g}"]},
+             "copy_gb_per_s": 2 * nbytes / statistics.median(times["copy"]) / 1e9,
+             "ratio_to_copy": ratio[f"{zeros:g}"], "target": TARGETS["task_switch"],
+             "met": ratio[f"{zeros:g}"]["median"] <= TARGETS["task_switch"]} for zeros in plan.switch_zero_fractions]
 
 
 # -- 5. inference -----------------------------------------------------------------------------
@@ -418,7 +428,7 @@ def run(plan: Plan, devices: list[torch.device], sections: tuple[str, ...]) -> d
         "train_step": lambda: [bench_train_step(w, d, plan) for d in devices for w in plan.workloads[d.type]],
         "train_memory": lambda: [bench_train_memory(w, d, plan) for d in devices for w in plan.workloads[d.type]],
         "storage": lambda: [row for b in plan.storage_backbones for row in bench_storage(b, plan)],
-        "task_switch": lambda: [bench_task_switch(plan.switch_backbone, d, plan) for d in devices],
+        "task_switch": lambda: [row for d in devices for row in bench_task_switch(plan.switch_backbone, d, plan)],
         "inference": lambda: [bench_inference(w, d, plan) for d in devices for w in plan.workloads[d.type]],
     }
     for section in sections:
@@ -467,10 +477,12 @@ def report(result: dict) -> str:
                   f"{r['packed_vs_finetuned']:.4f} | {_MET[r['met']]} |" for r in result["storage"]]
         lines.append("")
     if "task_switch" in result:
-        lines += ["Task switching (`set_task` between two frozen tasks vs one copy of the masked weights; target <= 2x):", "",
-                  "| device | backbone | weight MB | copy ms | set_task ms | ratio | copy GB/s (r+w) | met |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['device']} | {r['backbone']} | {r['weight_bytes'] / 1e6:.1f} | {_fmt(r['ms']['copy'], 3)} | "
-                  f"{_fmt(r['ms']['set_task'], 3)} | {_fmt(r['ratio_to_copy'])} | {r['copy_gb_per_s']:.1f} | {_MET[r['met']]} |"
+        lines += ["Task switching (`set_task` between two frozen tasks vs one flat copy of the masked weights; target <= 2x):", "",
+                  "| device | backbone | weight MB | zeros | copy ms | per-layer copy ms | set_task ms | set_task / copy | copy GB/s (r+w) | met |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['device']} | {r['backbone']} | {r['weight_bytes'] / 1e6:.1f} | {r['zero_fraction']:.0%} | {_fmt(r['ms']['copy'], 3)} | "
+                  f"{_fmt(r['ms']['layer_copy'], 3)} | {_fmt(r['ms']['set_task'], 3)} | {_fmt(r['ratio_to_copy'])} | "
+                  f"{r['copy_gb_per_s']:.1f} | {_MET[r['met']]} |"
                   for r in result["task_switch"]]
         lines.append("")
     if "inference" in result:

@@ -10,6 +10,7 @@ files or training loops.
   ``dL/dscores = dL/dW_eff * W`` (optionally divided by |W|, as the reference allows).
 - `MaskedWeight` is a `torch.nn.utils.parametrize` parametrization that holds one mask per
   task for one weight: the frozen weight stays at ``parametrizations.<name>.original``.
+- `ActiveTask` / `TaskAware`: the active task, one object shared by a network's layers.
 """
 
 from __future__ import annotations
@@ -101,17 +102,11 @@ def threshold_scores(scores: Tensor, kind: str = "binary", threshold: float = DE
     return (scores > threshold).to(torch.int8) - (scores < 0).to(torch.int8)
 
 
-def apply_mask(weight: Tensor, mask: Tensor, out: Tensor | None = None) -> Tensor:
-    """``weight * mask`` without a float copy of the mask: one pass for a bool (binary) mask.
-
-    The zero is a Python scalar, or a 0-d tensor on the weight's device when writing to `out`
-    (a CPU scalar tensor there would be copied to the GPU, synchronously, at every call).
-    """
+def apply_mask(weight: Tensor, mask: Tensor) -> Tensor:
+    """``weight * mask`` without a float copy of the mask: one pass for a bool (binary) mask."""
     if mask.dtype != torch.bool:
-        return torch.mul(weight, mask, out=out)
-    if out is None:
-        return torch.where(mask, weight, 0.0)
-    return torch.where(mask, weight, weight.new_zeros(()), out=out)
+        return weight * mask
+    return torch.where(mask, weight, 0.0)
 
 
 class _StraightThroughMask(torch.autograd.Function):
@@ -185,7 +180,34 @@ def recompute_masked_weights() -> torch.autograd.graph.saved_tensors_hooks:
     return torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
 
 
-class MaskedWeight(nn.Module):
+class ActiveTask:
+    """Which task a network computes: one object shared by all its task-aware layers, so
+    that one assignment switches them all. `merged`, when set, holds one merged weight per
+    masked layer (``W * mask`` of the active, frozen task), indexed by the layer's slot."""
+
+    __slots__ = ("name", "merged")
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.merged: list[Tensor] | None = None
+
+
+class TaskAware:
+    """Mixin for a layer that behaves per task: `active` reads and writes its `state`
+    (`ActiveTask`), its own until a network hands it the network's shared one."""
+
+    state: ActiveTask
+
+    @property
+    def active(self) -> str | None:
+        return self.state.name
+
+    @active.setter
+    def active(self, name: str | None) -> None:
+        self.state.name = name
+
+
+class MaskedWeight(TaskAware, nn.Module):
     """Parametrization of one frozen weight by one mask per task.
 
     Registered with `torch.nn.utils.parametrize.register_parametrization`, so the frozen
@@ -193,8 +215,9 @@ class MaskedWeight(nn.Module):
     ``original * mask`` for the active task. A task being trained has float `scores`
     (``self.scores[task]``); `freeze` replaces them by the thresholded `mask`
     (``self.masks.<task>``, bool or int8), which is all a trained task keeps.
-    With no active task the weight is the original one. A fixed mask's masked weight is
-    cached until the task, the device or the mask changes (the original never does).
+    With no active task the weight is the original one. For a fixed mask the weight is
+    ``state.merged[slot]`` when the network has merged it (`piggylab.switching`), else it is
+    computed at each call.
     """
 
     def __init__(self) -> None:
@@ -202,9 +225,8 @@ class MaskedWeight(nn.Module):
         self.scores = nn.ParameterDict()
         self.masks = nn.Module()
         self.configs: dict[str, MaskConfig] = {}
-        self.active: str | None = None
-        self._merged: Tensor | None = None
-        self._merged_key: tuple | None = None
+        self.state = ActiveTask()
+        self.slot = 0
 
     # -- tasks -----------------------------------------------------------------------
     def add_task(self, task: str, original: Tensor, config: MaskConfig) -> None:
@@ -217,7 +239,6 @@ class MaskedWeight(nn.Module):
             del self.scores[task]
         if hasattr(self.masks, task):
             delattr(self.masks, task)
-        self.clear_cache()
 
     def mask(self, task: str) -> Tensor:
         """The task's current mask (bool for binary, int8 for ternary), without gradient."""
@@ -232,47 +253,20 @@ class MaskedWeight(nn.Module):
         if task in self.scores:
             del self.scores[task]
         self.masks.register_buffer(task, mask)
-        self.clear_cache()
 
     def freeze(self, task: str) -> None:
         """Keep only the thresholded mask of a trained task (1 bit per weight, paper §3)."""
         if task in self.scores:
             self.set_mask(task, self.mask(task), self.configs[task])
 
-    def activate(self, task: str | None, original: Tensor) -> None:
-        """Make `task` the active one: a fixed mask's masked weight is computed now; a task with
-        scores is masked at every forward, so the cache is dropped rather than kept stale."""
-        self.active = task
-        if task is None or task in self.scores:
-            self.clear_cache()
-        else:
-            self.merged(original)
-
-    def clear_cache(self) -> None:
-        self._merged, self._merged_key = None, None
-
     # -- the parametrization ---------------------------------------------------------
     def forward(self, original: Tensor) -> Tensor:
-        task = self.active
+        task = self.state.name
         if task is None:
             return original
         if task in self.scores:
             return masked_weight(original, self.scores[task], self.configs[task])
-        return self.merged(original)
-
-    def merged(self, original: Tensor) -> Tensor:
-        """The cached ``original * mask`` of the active, fixed-mask task (no gradient: the
-        backbone is frozen and a fixed mask has no scores). Its buffer is reused from task
-        to task; it is made anew only after `clear_cache` or a change of device or dtype."""
-        key = (self.active, original._version, original.device, original.dtype)
-        if self._merged_key != key:
-            if self._merged_key is None or self._merged_key[2:] != key[2:]:
-                self._merged = torch.empty_like(original)
-            with torch.no_grad():
-                apply_mask(original, self.masks._buffers[self.active], out=self._merged)
-            self._merged_key = key
-        return self._merged
-
-    def _apply(self, fn, recurse=True):  # noqa: D401 - nn.Module hook: a device move drops the cache
-        self.clear_cache()
-        return super()._apply(fn, recurse)
+        if self.state.merged is not None:
+            return self.state.merged[self.slot]
+        with torch.no_grad():
+            return apply_mask(original, self.masks._buffers[task])

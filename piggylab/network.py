@@ -20,10 +20,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .masks import MaskConfig, MaskedWeight, recompute_masked_weights
+from .masks import ActiveTask, MaskConfig, MaskedWeight, TaskAware, recompute_masked_weights
+from .switching import FlatWeights
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -39,20 +41,20 @@ class Task:
     class_names: list[str] = field(default_factory=list)
 
 
-class TaskHeads(nn.Module):
+class TaskHeads(TaskAware, nn.Module):
     """The classifier slot of the backbone: one `nn.Linear` head per task."""
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
         self.in_features = in_features
         self.heads = nn.ModuleDict()
-        self.active: str | None = None
+        self.state = ActiveTask()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.heads[self.active](x)
 
 
-class TaskBatchNorm(nn.Module):
+class TaskBatchNorm(TaskAware, nn.Module):
     """A backbone batchnorm layer, shared and frozen, plus optional per-task copies (§5.3).
 
     Tasks without their own copy use the shared layer's affine parameters and running
@@ -64,14 +66,16 @@ class TaskBatchNorm(nn.Module):
         super().__init__()
         self.shared = shared
         self.per_task = nn.ModuleDict()
-        self.active: str | None = None
+        self.state = ActiveTask()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.active in self.per_task:
             return self.per_task[self.active](x)
+        bn = self.shared
+        if not (x.requires_grad and torch.is_grad_enabled()):  # the plain network's own kernel
+            return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         # Frozen statistics make BN an affine map: one multiply-add, which (unlike
         # F.batch_norm) keeps no copy of its input for the backward pass.
-        bn = self.shared
         scale = torch.rsqrt(bn.running_var + bn.eps)
         shift = -bn.running_mean * scale
         if bn.affine:
@@ -158,7 +162,13 @@ class PiggybackNet(nn.Module):
         backbone, self.classifier_name, self.masked_layers = wrap_backbone(backbone, classifier, lambda w: MaskedWeight())
         self.backbone_name = backbone_name
         self.backbone = backbone
-        self._batchnorm_layers = [bn for _, bn in self.batchnorms()]  # a plain list: not registered twice
+        self._state = ActiveTask()  # one for every task-aware layer: a switch is one assignment
+        for slot, layer in enumerate(self.masked_layers):
+            self.parametrization(layer).state, self.parametrization(layer).slot = self._state, slot
+        for _, bn in self.batchnorms():
+            bn.state = self._state
+        self.heads.state = self._state
+        self._flat = FlatWeights(self._original_weights())
         self.tasks: dict[str, Task] = {}
         self.active_task: str | None = None
         self._fingerprint: str | None = None
@@ -175,6 +185,9 @@ class PiggybackNet(nn.Module):
     def parametrizations(self) -> Iterator[MaskedWeight]:
         for layer in self.masked_layers:
             yield self.parametrization(layer)
+
+    def _original_weights(self) -> list[nn.Parameter]:
+        return [self.original_weight(layer) for layer in self.masked_layers]
 
     @property
     def heads(self) -> TaskHeads:
@@ -266,28 +279,39 @@ class PiggybackNet(nn.Module):
 
     def set_task(self, name: str) -> None:
         """Make `name` the task the network computes. A frozen task's masked weights are
-        computed now, into buffers reused from switch to switch; a task still holding scores
-        masks at every forward, so its layers drop any cached masked weight (no stale copy of
-        the weights is held while it trains)."""
+        computed now, into one flat buffer reused from switch to switch (`piggylab.switching`:
+        a copy and a scatter); a task still holding scores masks at every forward, so the
+        buffer is freed (no stale copy of the weights is held while it trains)."""
         self._check_task(name)
-        self.active_task = self.heads.active = name
-        for bn in self._batchnorm_layers:
-            bn.active = name
-        for module, attr in self.masked_layers.values():
-            weight = module.parametrizations[attr]
-            weight[0].activate(name, weight.original)
+        self.active_task = self._state.name = name
+        if self.is_frozen(name):
+            self._merge()
+        else:
+            self._flat.release()
+            self._state.merged = None
+
+    def _merge(self) -> None:
+        """Bring the merged weights up to date with the active, frozen task: after a switch,
+        a change of the masks, or a move, cast or in-place change of the backbone's weights."""
+        if not self._flat.intact():
+            self._flat = FlatWeights(self._original_weights())
+        name = self.active_task
+        self._flat.merge(name, lambda: [p.mask(name) for p in self.parametrizations()])
+        self._state.merged = self._flat.merged_views
 
     def remove_task(self, name: str) -> None:
         self._check_task(name)
         for p in self.parametrizations():
             p.remove_task(name)
+        self._flat.forget(name)
         del self.heads.heads[name]
         for _, bn in self.batchnorms():
             if name in bn.per_task:
                 del bn.per_task[name]
         del self.tasks[name]
         if self.active_task == name:
-            self.active_task = None
+            self.active_task = self._state.name = None
+            self._state.merged = None
             remaining = list(self.tasks)
             if remaining:
                 self.set_task(remaining[0])
@@ -319,6 +343,7 @@ class PiggybackNet(nn.Module):
             if mask.shape != original.shape:
                 raise ValueError(f"mask for {layer} has shape {tuple(mask.shape)}, weight has {tuple(original.shape)}")
             p.set_mask(name, mask, config)
+        self._flat.forget(name)
         if self.active_task == name:
             self.set_task(name)
 
@@ -355,6 +380,8 @@ class PiggybackNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.active_task is None:
             raise RuntimeError("no active task: add one with add_task(...) or choose one with set_task(...)")
+        if self._state.merged is not None:
+            self._merge()
         if self.recompute and torch.is_grad_enabled():
             with recompute_masked_weights():
                 return self.backbone(x)
@@ -364,7 +391,7 @@ class PiggybackNet(nn.Module):
         """A plain, fully trainable copy of the backbone with the task's head and BN:
         the paper's fine-tuning baseline ("individual networks") starts from it."""
         self._check_task(name)
-        model = copy.deepcopy(self.backbone)
+        model = copy.deepcopy(self.backbone, {id(self._state): ActiveTask()})  # not the merged weights
         for module in model.modules():
             if parametrize.is_parametrized(module):
                 _drop_parametrizations(module)

@@ -83,9 +83,9 @@ def test_a_task_in_training_holds_no_cached_masked_weight(backbone):
     net = pl.PiggybackNet(backbone)
     net.add_task("frozen", 3)
     net.freeze_task("frozen")
-    assert all(p._merged is not None for p in net.parametrizations())
+    assert net._flat.merged is not None and net._state.merged is not None
     net.add_task("new", 3)
-    assert all(p._merged is None for p in net.parametrizations())
+    assert net._flat.merged is None and net._state.merged is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

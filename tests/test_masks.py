@@ -75,7 +75,7 @@ def test_bad_settings_are_refused(kwargs, message):
         MaskConfig(**kwargs)
 
 
-def test_parametrization_keeps_original_and_caches_fixed_masks():
+def test_parametrization_keeps_original_and_uses_merged_weights_when_given():
     layer = nn.Linear(6, 4)
     original = layer.weight.detach().clone()
     parametrize.register_parametrization(layer, "weight", MaskedWeight())
@@ -88,5 +88,10 @@ def test_parametrization_keeps_original_and_caches_fixed_masks():
     assert torch.equal(layer.weight[0], torch.zeros(6)) and torch.equal(layer.weight[1:], original[1:])
     p.freeze("a")
     assert "a" not in p.scores and p.mask("a").dtype == torch.bool
-    assert layer.weight is layer.weight  # cached merged weight
+    expected = original.clone()
+    expected[0] = 0
+    assert torch.equal(layer.weight, expected)  # computed at each call when standalone
+    merged = torch.full_like(original, 7.0)
+    p.state.merged, p.slot = [torch.zeros(1), merged], 1
+    assert layer.weight is merged  # a network's merged weight for this layer's slot
     assert torch.equal(layer.parametrizations.weight.original, original)

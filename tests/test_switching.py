@@ -1,0 +1,93 @@
+"""Task switching over flat weights: the merged weights are exactly ``W * mask`` of the
+active task, whatever happened before (switches, new masks, casts, in-place changes)."""
+
+import pytest
+import torch
+
+import piggylab as pl
+from piggylab.masks import apply_mask
+
+
+def random_masks(net, zero_fraction, seed, kind="binary"):
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    for layer in net.masked_layers:
+        u = torch.rand(net.original_weight(layer).shape, generator=g)
+        mask = u >= zero_fraction
+        masks[layer] = mask if kind == "binary" else mask.to(torch.int8) - (u < zero_fraction / 2).to(torch.int8)
+    return masks
+
+
+def frozen_net(backbone, kinds=("binary", "binary")):
+    net = pl.PiggybackNet(backbone)
+    for i, kind in enumerate(kinds):
+        name = f"t{i}"
+        net.add_task(name, 3, mask=pl.MaskConfig(kind=kind), seed=i)
+        net.set_masks(name, random_masks(net, 0.3, seed=i, kind=kind))
+    return net.eval()
+
+
+def assert_merged(net, task):
+    """Every layer computes with exactly the task's masked original weight."""
+    for layer, (module, attr) in net.masked_layers.items():
+        expected = apply_mask(net.original_weight(layer), net.parametrization(layer).mask(task))
+        assert torch.equal(getattr(module, attr), expected), layer
+
+
+def test_weights_are_views_of_one_flat_tensor_and_unchanged(backbone):
+    net = pl.PiggybackNet(backbone)
+    originals = [net.original_weight(layer) for layer in net.masked_layers]
+    storages = {w.untyped_storage().data_ptr() for w in originals}
+    assert storages == {net._flat.flat.untyped_storage().data_ptr()}
+    for layer, weight in zip(net.masked_layers, originals):
+        assert torch.equal(weight, backbone.get_submodule(layer).weight), layer
+
+
+@pytest.mark.parametrize("kinds", [("binary", "binary"), ("ternary", "binary")])
+def test_switching_gives_each_task_its_exact_weights_and_logits(backbone, kinds):
+    net = frozen_net(backbone, kinds)
+    x = torch.randn(4, 3, 32, 32)
+    first = {}
+    for task in ("t0", "t1", "t0", "t1", "t0"):
+        net.set_task(task)
+        assert_merged(net, task)
+        with torch.no_grad():
+            logits = net(x)
+        assert torch.equal(logits, first.setdefault(task, logits))
+    assert not torch.equal(first["t0"][:, :3], first["t1"][:, :3])
+
+
+def test_new_masks_of_the_active_task_are_used(backbone):
+    net = frozen_net(backbone)
+    net.set_task("t0")
+    net.set_masks("t0", random_masks(net, 0.5, seed=9))
+    assert_merged(net, "t0")
+
+
+def test_a_cast_or_an_in_place_change_of_the_weights_is_followed(backbone):
+    net = frozen_net(backbone)
+    net.set_task("t1")
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    net.double()
+    with torch.no_grad():
+        net(x)
+    assert net._flat.flat.dtype == torch.float64 and net._flat.intact()
+    assert_merged(net, "t1")
+    with torch.no_grad():
+        net.original_weight(next(iter(net.masked_layers))).mul_(2)
+        net(x)
+    assert_merged(net, "t1")
+
+
+def test_removing_the_active_task_switches_to_another(backbone):
+    net = frozen_net(backbone)
+    net.set_task("t0")
+    net.remove_task("t0")
+    assert net.active_task == "t1"
+    assert_merged(net, "t1")
+
+
+def test_weights_of_mixed_dtypes_are_refused(backbone):
+    backbone.conv1.weight.data = backbone.conv1.weight.data.double()
+    with pytest.raises(ValueError, match="one device and dtype"):
+        pl.PiggybackNet(backbone)
