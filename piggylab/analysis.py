@@ -29,7 +29,7 @@ def layer_sparsity(net: PiggybackNet, task: str) -> pd.DataFrame:
     rows = []
     for depth, (layer, mask) in enumerate(net.masks(task).items()):
         module, attr = net.masked_layers[layer]
-        zeros = int((mask == 0).sum())
+        zeros = mask.numel() - int(mask.count_nonzero())
         rows.append({"layer": layer, "depth": depth, "kind": _layer_kind(module, attr), "weights": mask.numel(),
                      "zeros": zeros, "sparsity": zeros / mask.numel()})
     return pd.DataFrame(rows, columns=SPARSITY_COLUMNS)

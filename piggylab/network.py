@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .masks import ActiveTask, MaskConfig, MaskedWeight, TaskAware, recompute_masked_weights
-from .switching import FlatWeights
+from .switching import FlatWeights, flat_copies
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -113,16 +113,22 @@ def _maskable_weights(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
 
 
 def wrap_backbone(backbone: nn.Module, classifier: str | None,
-                  parametrization: Callable[[Tensor], nn.Module], *, unsafe: bool = False
+                  parametrization: Callable[[Tensor], nn.Module], *, unsafe: bool = False,
+                  copy_weights: Callable[[list[Tensor]], list[nn.Parameter]] | None = None
                   ) -> tuple[nn.Module, str, dict[str, tuple[nn.Module, str]]]:
     """A frozen deep copy of `backbone` made ready for tasks: its classifier becomes `TaskHeads`,
     every maskable weight gets ``parametrization(weight)``, every batchnorm a `TaskBatchNorm`.
+    `copy_weights`, if given, makes the copies of the maskable weights (in layer order).
 
     Returns (the copy, the classifier's name, {layer: (module, parameter name)}). Shared by
     `PiggybackNet` and the PackNet baseline, which parametrize the same weights.
     """
-    backbone = copy.deepcopy(backbone)
     classifier = _find_classifier(backbone, classifier)
+    memo: dict[int, nn.Parameter] = {}
+    if copy_weights is not None:
+        weights = [getattr(m, attr) for name, m, attr in _maskable_weights(backbone) if name != classifier]
+        memo = {id(w): c for w, c in zip(weights, copy_weights(weights))}
+    backbone = copy.deepcopy(backbone, memo)
     _set_submodule(backbone, classifier, TaskHeads(backbone.get_submodule(classifier).in_features))
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -159,7 +165,8 @@ class PiggybackNet(nn.Module):
                  recompute: bool = False) -> None:
         super().__init__()
         self.recompute = recompute
-        backbone, self.classifier_name, self.masked_layers = wrap_backbone(backbone, classifier, lambda w: MaskedWeight())
+        backbone, self.classifier_name, self.masked_layers = wrap_backbone(
+            backbone, classifier, lambda w: MaskedWeight(), copy_weights=flat_copies)
         self.backbone_name = backbone_name
         self.backbone = backbone
         self._state = ActiveTask()  # one for every task-aware layer: a switch is one assignment

@@ -26,32 +26,74 @@ from torch import Tensor, nn
 
 
 def _positions(masks: list[Tensor]) -> tuple[Tensor, Tensor | None]:
-    """Flat positions (int64, sorted) that a task's masks turn off, and those they negate."""
-    flat = torch.cat([m.reshape(-1) for m in masks])
-    off = (flat == 0).nonzero().squeeze(1)
-    negated = (flat < 0).nonzero().squeeze(1) if flat.dtype != torch.bool else None
-    return off, (negated if negated is not None and negated.numel() else None)
+    """Flat positions (int64, sorted) that a task's masks turn off, and those they negate,
+    found layer by layer (a bool mask is never promoted to a wider type)."""
+    off, negated, start = [], [], 0
+    for mask in masks:
+        flat = mask.reshape(-1)
+        off.append(((~flat) if flat.dtype == torch.bool else flat == 0).nonzero().squeeze(1).add_(start))
+        if flat.dtype != torch.bool:
+            negated.append((flat < 0).nonzero().squeeze(1).add_(start))
+        start += flat.numel()
+    negated_all = torch.cat(negated) if negated else None
+    return torch.cat(off), (negated_all if negated_all is not None and negated_all.numel() else None)
+
+
+def _views(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """`flat` cut into tensors shaped like `like`, in order (views, no copy)."""
+    return [part.view(w.shape) for part, w in zip(flat.split([w.numel() for w in like]), like)]
+
+
+def _check_one_device_and_dtype(weights: list[Tensor]) -> None:
+    kinds = {(w.device, w.dtype) for w in weights}
+    if len(kinds) > 1:
+        raise ValueError(f"all masked weights must share one device and dtype; found {sorted(map(str, kinds))}")
+
+
+def flat_copies(weights: list[Tensor]) -> list[nn.Parameter]:
+    """Frozen copies of `weights` that are consecutive views of one new flat tensor: given to
+    `copy.deepcopy` as its memo, a network is copied straight into the flat layout (no
+    weight is held three times, as copying then flattening would)."""
+    if not weights:
+        return []
+    _check_one_device_and_dtype(weights)
+    with torch.no_grad():
+        flat = torch.cat([w.detach().reshape(-1) for w in weights])
+    return [nn.Parameter(view, requires_grad=False) for view in _views(flat, weights)]
+
+
+def _flat_base(weights: list[Tensor]) -> Tensor | None:
+    """The flat tensor of which `weights` are consecutive views, in order, if there is one."""
+    first = weights[0].detach()
+    offset = first.storage_offset()
+    for w in weights:
+        if w.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() \
+                or w.storage_offset() != offset or not w.is_contiguous():
+            return None
+        offset += w.numel()
+    return first.as_strided((offset - first.storage_offset(),), (1,), first.storage_offset())
 
 
 class FlatWeights:
     """The frozen weights of a network's masked layers as views into one flat tensor.
 
-    Building one copies the weights once and re-points each parameter (``param.data``) at its
-    view, so parameters, state dicts and hooks see the same tensors as before. A device or
-    dtype change of the network gives its parameters new storage: `intact` then turns false
-    and the owner builds a new `FlatWeights`.
+    Weights that already are consecutive views of one tensor (`flat_copies`) are taken as
+    they are; otherwise they are copied once into a new flat tensor and each parameter is
+    re-pointed (``param.data``) at its view, so parameters, state dicts and hooks see the
+    same tensors as before. A device or dtype change of the network gives its parameters
+    new storage: `intact` then turns false and the owner builds a new `FlatWeights`.
     """
 
     def __init__(self, weights: list[nn.Parameter]) -> None:
-        devices_dtypes = {(w.device, w.dtype) for w in weights}
-        if len(devices_dtypes) != 1:
-            raise ValueError("all masked weights must share one device and dtype; "
-                             f"found {sorted(str(d) for d in devices_dtypes)}")
+        _check_one_device_and_dtype(weights)
         self._weights = weights
-        with torch.no_grad():
-            self.flat = torch.cat([w.detach().reshape(-1) for w in weights])
-        for weight, view in zip(weights, self.views(self.flat)):
-            weight.data = view
+        flat = _flat_base(weights)
+        if flat is None:
+            with torch.no_grad():
+                flat = torch.cat([w.detach().reshape(-1) for w in weights])
+            for weight, view in zip(weights, self.views(flat)):
+                weight.data = view
+        self.flat = flat
         self._pointers = [w.data_ptr() for w in weights]
         self.merged: Tensor | None = None
         self.merged_views: list[Tensor] | None = None
@@ -60,8 +102,7 @@ class FlatWeights:
 
     def views(self, flat: Tensor) -> list[Tensor]:
         """`flat` cut into tensors shaped like the weights, in order (views, no copy)."""
-        sizes = [w.numel() for w in self._weights]
-        return [part.view(w.shape) for part, w in zip(flat.split(sizes), self._weights)]
+        return _views(flat, self._weights)
 
     def intact(self) -> bool:
         """Whether every weight still is its view of `flat` (not moved, cast or replaced)."""

@@ -131,7 +131,7 @@ def _autocast(device: torch.device, enabled: bool):
 
 def task_sparsity(net: PiggybackNet, task: str) -> float:
     """Fraction of the task's mask entries that are 0 (paper §5), over all masked weights."""
-    zeros = sum(int((m == 0).sum()) for m in net.masks(task).values())
+    zeros = sum(m.numel() - int(m.count_nonzero()) for m in net.masks(task).values())
     return zeros / net.num_masked_weights
 
 
