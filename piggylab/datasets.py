@@ -41,7 +41,6 @@ import hashlib
 import math
 import os
 import string
-import tempfile
 import time
 import warnings
 import zlib
@@ -54,6 +53,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
+
+from .storage import atomic_open
 
 __all__ = [
     "EMBEDDED_SOURCE", "EMBEDDED_TASKS", "PAPER_DATASETS", "GLYPHS_MEAN", "GLYPHS_STD", "IMAGENET_MEAN",
@@ -525,15 +526,8 @@ def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _write_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=x, labels=y)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path) as f:
+            np.savez(f, images=x, labels=y)
     except OSError as e:
         warnings.warn(f"piggylab: could not write dataset cache {path}: {e}", stacklevel=3)
 

@@ -261,12 +261,13 @@ class MaskedWeight(TaskAware, nn.Module):
 
     # -- the parametrization ---------------------------------------------------------
     def forward(self, original: Tensor) -> Tensor:
+        merged = self.state.merged  # set only while a frozen task is active and merged
+        if merged is not None:
+            return merged[self.slot]
         task = self.state.name
         if task is None:
             return original
         if task in self.scores:
             return masked_weight(original, self.scores[task], self.configs[task])
-        if self.state.merged is not None:
-            return self.state.merged[self.slot]
         with torch.no_grad():
             return apply_mask(original, self.masks._buffers[task])

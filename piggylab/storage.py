@@ -20,9 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -139,21 +142,32 @@ def _digest(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A new binary file that replaces `path` only once it is fully written and synced.
+
+    On any error the old file stays as it was and the temporary file is removed. The file is
+    created as `open` creates files (the umask applies), not with `tempfile.mkstemp`'s 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(tmp, "xb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
+    with atomic_open(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def task_bytes(net: PiggybackNet, task: str, fmt: str = "packed") -> bytes:

@@ -123,3 +123,12 @@ def test_loading_an_existing_task_name_is_refused(backbone, tmp_path):
 def test_unknown_format(backbone, tmp_path):
     with pytest.raises(ValueError, match="packed, rice"):
         pl.save_task(_trained_net(backbone), "a", tmp_path / "a.safetensors", "zip")
+
+
+def test_files_are_created_with_the_umask_not_0600(backbone, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = pl.save_task(_trained_net(backbone), "a", tmp_path / "a.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
