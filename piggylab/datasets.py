@@ -58,7 +58,7 @@ from .storage import atomic_open
 
 __all__ = [
     "EMBEDDED_SOURCE", "EMBEDDED_TASKS", "PAPER_DATASETS", "GLYPHS_MEAN", "GLYPHS_STD", "IMAGENET_MEAN",
-    "IMAGENET_STD", "IMAGE_SIZE", "ArrayDataset", "TaskData", "embedded_task", "paper_task", "load_task",
+    "IMAGENET_STD", "IMAGE_SIZE", "ArrayDataset", "TaskData", "embedded_task", "paper_task", "load_data",
     "make_loaders", "gallery", "task_table", "glyph_fonts", "channel_stats",
 ]
 
@@ -815,7 +815,7 @@ def _torchvision_layout(name: str, root: Path, train_tf: Any, eval_tf: Any) -> t
 # ----------------------------------------------------------------------------------------------
 
 
-def load_task(name: str, *, root: str | Path | None = None, seed: int = 0, scale: float = 1.0) -> TaskData:
+def load_data(name: str, *, root: str | Path | None = None, seed: int = 0, scale: float = 1.0) -> TaskData:
     """An embedded task (`EMBEDDED_SOURCE` or `EMBEDDED_TASKS`) or a paper dataset (`PAPER_DATASETS`).
 
     "sketch" names both the embedded handwritten-digit task and the paper's Sketch dataset: it

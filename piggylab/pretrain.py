@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from .backbones import TINY_CHECKPOINT, TinyResNet, tiny_resnet
-from .datasets import EMBEDDED_SOURCE, load_task, make_loaders
+from .datasets import EMBEDDED_SOURCE, load_data, make_loaders
 from .network import PiggybackNet
 from .storage import atomic_write_bytes
 from .train import Trainer, TrainConfig, evaluate, resolve_device
@@ -79,7 +79,7 @@ def pretrain_tiny_backbone(*, epochs: int = RECIPE["epochs"], lr: float = RECIPE
               "widths": [int(w) for w in widths], "blocks": int(blocks), "scale": float(scale),
               "data_seed": int(data_seed)}
     start = time.perf_counter()
-    data = load_task(EMBEDDED_SOURCE, seed=data_seed, scale=scale)
+    data = load_data(EMBEDDED_SOURCE, seed=data_seed, scale=scale)
     train_loader, val_loader, test_loader = make_loaders(data, batch_size=batch_size, seed=seed)
     torch.manual_seed(seed)
     net = PiggybackNet(tiny_resnet(data.num_classes, tuple(widths), blocks), backbone_name="tiny")

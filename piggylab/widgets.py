@@ -56,7 +56,7 @@ from torch import nn
 
 from .analysis import layer_sparsity
 from .backbones import TINY_CHECKPOINT, load_backbone
-from .datasets import EMBEDDED_TASKS, load_task, make_loaders
+from .datasets import EMBEDDED_TASKS, load_data, make_loaders
 from .masks import DEFAULT_SCALE, DEFAULT_THRESHOLD, INIT_SCHEMES, MASK_KINDS, MaskConfig
 from .network import PiggybackNet
 from .train import BN_MODES, METHODS, Trainer, TrainConfig, evaluate, resolve_device
@@ -317,7 +317,7 @@ class Explorer:
         number = next(self._numbers)
         name = f"{settings.task}-{number}"
         self._set_status(f"loading {html.escape(settings.task)}…")
-        data = load_task(settings.task, scale=self.scale, seed=self.seed)
+        data = load_data(settings.task, scale=self.scale, seed=self.seed)
         train_loader, val_loader, test_loader = make_loaders(data, self.batch_size, seed=self.seed)
         config = settings.train_config(self.device, self.seed)  # validates lr and epochs
         self.net.add_task(name, data.num_classes, mask=settings.mask_config(), class_names=list(data.classes),

@@ -34,7 +34,7 @@ import torch
 
 import piggylab as pl
 from piggylab.backbones import TINY_CHECKPOINT, load_tiny_backbone
-from piggylab.datasets import EMBEDDED_TASKS, load_task, make_loaders
+from piggylab.datasets import EMBEDDED_TASKS, load_data, make_loaders
 from piggylab.pretrain import sha256_file
 from piggylab.storage import atomic_write_bytes
 
@@ -93,7 +93,7 @@ def task_rows(task: str, methods: dict[str, list[dict[str, float]]], *, scale: f
     if threads is not None:
         torch.set_num_threads(threads)
     backbone = load_tiny_backbone(checkpoint)
-    data = load_task(task, seed=seed, scale=scale)
+    data = load_data(task, seed=seed, scale=scale)
     rows = []
     for method, recipes in methods.items():
         for recipe in recipes:

@@ -36,7 +36,7 @@ import piggylab as pl
 from piggylab import experiments, plots
 from piggylab.backbones import load_backbone
 from piggylab.datasets import EMBEDDED_TASKS, make_loaders
-from piggylab.datasets import load_task as load_data
+from piggylab.datasets import load_data
 from piggylab.runs import check_parameters, write_figure, write_metrics, write_table
 
 

@@ -230,7 +230,7 @@ def test_paper_task_reads_imagefolder_layout(tmp_path):
     assert again.val.indices == data.val.indices
 
 
-def test_paper_task_weights_transforms_and_load_task(tmp_path, monkeypatch):
+def test_paper_task_weights_transforms_and_load_data(tmp_path, monkeypatch):
     from torchvision.transforms._presets import ImageClassification
 
     root = _image_tree(tmp_path, "wikiart")
@@ -239,22 +239,22 @@ def test_paper_task_weights_transforms_and_load_task(tmp_path, monkeypatch):
         data = D.paper_task("wikiart", root, weights_transforms=preset)
     assert data.test[0][0].shape == (3, 64, 64) and data.mean == (0.5, 0.5, 0.5) and data.image_size == 64
     with pytest.warns(UserWarning):
-        loaded = D.load_task("wikiart", root=root)
+        loaded = D.load_data("wikiart", root=root)
     assert loaded.num_classes == 3 and loaded.train[0][0].shape == (3, 224, 224)
     monkeypatch.setenv("PIGGYLAB_DATA", str(root))
     with pytest.warns(UserWarning):
-        assert D.load_task("wikiart").num_classes == 3
+        assert D.load_data("wikiart").num_classes == 3
     train, val, test = D.make_loaders(loaded, 4, seed=0)
     x, y = next(iter(train))
     assert x.shape == (4, 3, 224, 224)
-    assert D.load_task("greek", scale=SMALL).name == "greek"
+    assert D.load_data("greek", scale=SMALL).name == "greek"
 
 
-def test_load_task_sketch_means_paper_only_with_root(tmp_path):
+def test_load_data_sketch_means_paper_only_with_root(tmp_path):
     root = _image_tree(tmp_path, "sketch", n_train=4, n_test=2)
-    assert isinstance(D.load_task("sketch", scale=SMALL).train, D.ArrayDataset)  # the embedded digits
+    assert isinstance(D.load_data("sketch", scale=SMALL).train, D.ArrayDataset)  # the embedded digits
     with pytest.warns(UserWarning, match="250"):
-        paper = D.load_task("sketch", root=root, scale=0.5)
+        paper = D.load_data("sketch", root=root, scale=0.5)
     assert paper.classes == ["a", "b", "c"] and paper.image_size == 224
     assert paper.sizes() == {"train": 6, "val": 1, "test": 3}  # 12 images: 11 train + 1 val, then halved
 
@@ -268,7 +268,7 @@ def test_paper_task_accepts_reference_folder_names(tmp_path):
 # ---------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("fn", [lambda: D.embedded_task("imagenet"), lambda: D.load_task("imagenet"),
+@pytest.mark.parametrize("fn", [lambda: D.embedded_task("imagenet"), lambda: D.load_data("imagenet"),
                                 lambda: D.paper_task("imagenet", "."), lambda: D.gallery(["imagenet"])])
 def test_unknown_name_lists_known_names(fn):
     with pytest.raises(ValueError) as info:
@@ -286,7 +286,7 @@ def test_missing_root_shows_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match="flowers-102"):
         D.paper_task("flowers", tmp_path)  # no ImageFolder layout and no torchvision layout
     with pytest.raises(FileNotFoundError, match="PIGGYLAB_DATA"):
-        D.load_task("cubs")  # a paper dataset without a root
+        D.load_data("cubs")  # a paper dataset without a root
     (tmp_path / "cars" / "train" / "a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="test"):
         D.paper_task("cars", tmp_path)

@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 import piggylab as pl
 from piggylab.backbones import TINY_CHECKPOINT, load_backbone, load_tiny_backbone
-from piggylab.datasets import EMBEDDED_SOURCE, load_task
+from piggylab.datasets import EMBEDDED_SOURCE, load_data
 from piggylab.pretrain import pretrain_tiny_backbone, record_path, sha256_file
 
 RECORD = record_path(TINY_CHECKPOINT)
@@ -50,7 +50,7 @@ def test_committed_checkpoint_records_its_recipe(record):
 
 
 def test_committed_checkpoint_classifies_the_source_task(record):
-    data = load_task(EMBEDDED_SOURCE, scale=0.05)  # 200 test images
+    data = load_data(EMBEDDED_SOURCE, scale=0.05)  # 200 test images
     x, y = data.test.tensors()
     model = load_tiny_backbone().eval()
     with torch.no_grad():
