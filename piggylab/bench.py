@@ -183,9 +183,10 @@ def activate(net: PiggybackNet, method: str, task: str) -> None:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, device: torch.device) -> None:
+    """One step in the order of `piggylab.train.train_one_epoch`."""
+    optimizer.zero_grad(set_to_none=True)
     with autocast(device):
         loss = F.cross_entropy(model(x), y)
-    optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 

@@ -148,6 +148,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, task: str | None = None, dev
     correct = total = 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)  # before the forward: no gradient lives through it
         with autocast:
             logits = model(x)
         correct += int((logits.argmax(1) == y).sum())
@@ -171,13 +172,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     loss_sum = 0.0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)  # before the forward: no gradient lives through it
         with autocast:
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         step += 1
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss.item()} at step {step} ({describe}); lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
