@@ -148,7 +148,6 @@ def evaluate(model: nn.Module, loader: Iterable, *, task: str | None = None, dev
     correct = total = 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)  # before the forward: no gradient lives through it
         with autocast:
             logits = model(x)
         correct += int((logits.argmax(1) == y).sum())
