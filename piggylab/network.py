@@ -67,6 +67,7 @@ class TaskBatchNorm(TaskAware, nn.Module):
         self.shared = shared
         self.per_task = nn.ModuleDict()
         self.state = ActiveTask()
+        self._affine: tuple[tuple, Tensor, Tensor] | None = None  # (key, scale, shift)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.active in self.per_task:
@@ -75,13 +76,27 @@ class TaskBatchNorm(TaskAware, nn.Module):
         if not (x.requires_grad and torch.is_grad_enabled()):  # the plain network's own kernel
             return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         # Frozen statistics make BN an affine map: one multiply-add, which (unlike
-        # F.batch_norm) keeps no copy of its input for the backward pass.
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        shift = -bn.running_mean * scale
-        if bn.affine:
-            scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+        # F.batch_norm) keeps no copy of its input for the backward pass. Autocast computes
+        # addcmul in the widest type (float32): the result goes back to the input's type.
+        scale, shift = self.frozen_affine()
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return torch.addcmul(shift.view(shape), x, scale.view(shape))
+        out = torch.addcmul(shift.view(shape), x, scale.view(shape))
+        return out if out.dtype == x.dtype else out.to(x.dtype)
+
+    def frozen_affine(self) -> tuple[Tensor, Tensor]:
+        """(scale, shift) with ``bn(x) = x * scale + shift`` for the shared layer in inference
+        mode; computed once and again only after its statistics or parameters change."""
+        bn = self.shared
+        tensors = [t for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias) if t is not None]
+        key = (*(t._version for t in tensors), *(id(t) for t in tensors), bn.running_var.device, bn.running_var.dtype)
+        if self._affine is None or self._affine[0] != key:
+            with torch.no_grad():
+                scale = torch.rsqrt(bn.running_var + bn.eps)
+                shift = -bn.running_mean * scale
+                if bn.affine:
+                    scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+            self._affine = (key, scale, shift)
+        return self._affine[1], self._affine[2]
 
 
 def _find_classifier(model: nn.Module, name: str | None) -> str:

@@ -131,7 +131,13 @@ def test_frozen_batchnorm_matches_eval_mode_batchnorm():
     expected = bn.eval()(x)
     assert torch.equal(TaskBatchNorm(bn)(x), expected)  # inference: the plain kernel
     x.requires_grad_(True)
-    assert torch.allclose(TaskBatchNorm(bn)(x), expected, atol=1e-6)  # training: one multiply-add
+    wrapped = TaskBatchNorm(bn)
+    assert torch.allclose(wrapped(x), expected, atol=1e-6)  # training: one multiply-add
+    with torch.no_grad():
+        bn.running_var.mul_(4)  # new statistics are noticed (the scale and shift are cached)
+    assert torch.allclose(wrapped(x), bn.eval()(x.detach()), atol=1e-6)
+    low = x.detach().bfloat16().requires_grad_(True)
+    assert wrapped(low).dtype == torch.bfloat16  # not promoted to the statistics' float32
 
 
 def test_reserved_task_names_are_refused(backbone):
