@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from .backbones import tiny_resnet
 from .network import PiggybackNet
 from .storage import FORMATS, mask_bits_per_weight, save_task
+from .train import make_optimizer
 
 METHODS = ("finetune", "piggyback", "piggyback_keep", "classifier")
 """Training methods timed against each other; the first is the baseline. `piggyback` is the
@@ -168,12 +169,12 @@ def synchronize(device: torch.device) -> None:
 
 
 def training_setup(net: PiggybackNet, method: str) -> tuple[nn.Module, torch.optim.Optimizer, str | None]:
-    """(model, Adam optimizer, task to activate) of one method on `net`."""
+    """(model, Adam optimizer as the lab makes it, task to activate) of one method on `net`."""
     if method == "finetune":
         model = net.individual_network("pb").train()
-        return model, torch.optim.Adam(model.parameters(), lr=1e-4), None
+        return model, make_optimizer("adam", model.parameters(), lr=1e-4), None
     task = "cls" if method == "classifier" else "pb"
-    return net.train(), torch.optim.Adam(net.task_parameters(task), lr=1e-4), task
+    return net.train(), make_optimizer("adam", net.task_parameters(task), lr=1e-4), task
 
 
 def activate(net: PiggybackNet, method: str, task: str) -> None:

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from .masks import apply_mask
 from .network import TASK_NAME, TaskBatchNorm, TaskHeads, wrap_backbone
-from .train import OPTIMIZERS, _autocast, evaluate, resolve_device, train_one_epoch
+from .train import OPTIMIZERS, _autocast, evaluate, make_optimizer, resolve_device, train_one_epoch
 
 BN_MODES = ("task", "frozen")
 MAX_TASKS = 255
@@ -338,18 +338,12 @@ class PackNetConfig:
         self.decay_epochs = tuple(int(e) for e in self.decay_epochs)
 
 
-def _optimizer(config: PackNetConfig, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum)
-    return torch.optim.Adam(params, lr=lr)
-
-
 def _run_phase(net: PackNet, task: str, phase: str, epochs: int, lr: float, train_loader: Iterable,
                val_loader: Iterable | None, config: PackNetConfig, bar: tqdm, clock: dict) -> list[dict]:
     """Train task `task` for `epochs` in `phase` ("train" or "retrain"); one history row per epoch."""
     device = resolve_device(config.device)
     net._activate(task, phase)
-    optimizer = _optimizer(config, net.trainable_parameters(task), lr)
+    optimizer = make_optimizer(config.optimizer, net.trainable_parameters(task), lr=lr, momentum=config.momentum)
     milestones = list(config.decay_epochs) if phase == "train" else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_decay)
     autocast, scaler = _autocast(device, config.amp)

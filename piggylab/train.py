@@ -120,6 +120,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def make_optimizer(name: str, params: Iterable, *, lr: float | None = None, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """`adam` or `sgd` (with `momentum`) over `params` (tensors or parameter groups with their
+    own `lr`), in PyTorch's fused form (one kernel for all tensors, no per-tensor temporaries)
+    when every tensor is a floating-point tensor on a CPU or CUDA device, else the plain one."""
+    params = list(params)
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    devices = {p.device.type for p in tensors}
+    fused = devices in ({"cpu"}, {"cuda"}) and all(p.is_floating_point() for p in tensors)
+    defaults = {} if lr is None else {"lr": lr}
+    if name == "sgd":
+        return torch.optim.SGD(params, momentum=momentum, weight_decay=weight_decay, fused=fused, **defaults)
+    return torch.optim.Adam(params, weight_decay=weight_decay, fused=fused, **defaults)
+
+
 def _autocast(device: torch.device, enabled: bool):
     """bf16 autocast on GPUs that have it, fp16 (with a grad scaler) otherwise; off on CPU."""
     if not enabled or device.type != "cuda":
@@ -231,12 +246,6 @@ class Trainer:
             groups.append({"params": net.task_parameters(task, head=False, bn=False), "lr": cfg.lr_scores})
         return net, groups
 
-    def _optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
-        cfg = self.config
-        if cfg.optimizer_name == "sgd":
-            return torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
-
     def fit(self, net: PiggybackNet, task: str, train_loader: Iterable, val_loader: Iterable | None = None) -> pd.DataFrame:
         """Train `task` of `net`; return the history (one row per epoch).
 
@@ -263,7 +272,7 @@ class Trainer:
         fixed_scores = net.task_parameters(task, head=False, bn=False) if cfg.method == "classifier" else []
         for scores in fixed_scores:
             scores.requires_grad_(False)
-        optimizer = self._optimizer(groups)
+        optimizer = make_optimizer(cfg.optimizer_name, groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.decay_epochs), gamma=cfg.lr_decay)
         autocast, scaler = _autocast(device, cfg.amp)
         rows, step, start = [], 0, time.perf_counter()

@@ -142,3 +142,17 @@ def test_lr_schedule_decays(backbone, loaders):
 def test_device_auto_resolves():
     assert pl.resolve_device("auto").type in {"cuda", "mps", "cpu"}
     assert pl.resolve_device("cpu").type == "cpu"
+
+
+def test_optimizers_are_fused_where_pytorch_has_a_fused_kernel():
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+    adam = pl.make_optimizer("adam", [{"params": [weight], "lr": 0.1}])
+    sgd = pl.make_optimizer("sgd", [weight], lr=0.1, momentum=0.5)
+    assert adam.defaults["fused"] and sgd.defaults["fused"] and sgd.defaults["momentum"] == 0.5
+    assert adam.param_groups[0]["lr"] == 0.1
+    elsewhere = torch.nn.Parameter(torch.randn(4, 3, device="meta"))
+    assert not pl.make_optimizer("adam", [elsewhere]).defaults["fused"]
+    weight.grad = torch.ones_like(weight)
+    before = weight.detach().clone()
+    adam.step()
+    assert torch.allclose(weight.detach(), before - 0.1)  # Adam's first step: lr * sign(grad)
