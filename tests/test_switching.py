@@ -91,3 +91,20 @@ def test_weights_of_mixed_dtypes_are_refused(backbone):
     backbone.conv1.weight.data = backbone.conv1.weight.data.double()
     with pytest.raises(ValueError, match="one device and dtype"):
         pl.PiggybackNet(backbone)
+
+
+def test_a_deep_copy_switches_on_its_own_weights(backbone):
+    import copy
+
+    net = frozen_net(backbone)
+    net.set_task("t0")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = net(x)
+        twin = copy.deepcopy(net)
+        twin.set_task("t1")
+        twin.set_task("t0")
+        assert torch.equal(twin(x), before)
+        twin.original_weight(next(iter(twin.masked_layers))).zero_()
+        assert torch.equal(net(x), before) and not torch.equal(twin(x), before)
+    assert_merged(twin, "t0")
