@@ -3,7 +3,8 @@
 A network that serves many frozen tasks switches between them often (serving, evaluation,
 the notebooks' task loops). Layer by layer, a switch costs one select kernel and some
 Python per layer, and on a CPU the select ``where(mask, W, 0)`` itself runs at a third of
-the speed of a copy (and slower still as the mask's zeros grow, paper §4's 5-40%). Here:
+the speed of a copy, and slower still as the mask's zeros grow (the paper's masks, §5, have
+4.5-34% zeros). Here:
 
 - the frozen weights of every masked layer are views into one flat tensor, and so are the
   merged weights ``W * mask`` of the active frozen task;
@@ -45,6 +46,7 @@ def _views(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
 
 
 def _check_one_device_and_dtype(weights: list[Tensor]) -> None:
+    """One flat tensor has one device and one dtype: refuse weights that do not."""
     kinds = {(w.device, w.dtype) for w in weights}
     if len(kinds) > 1:
         raise ValueError(f"all masked weights must share one device and dtype; found {sorted(map(str, kinds))}")
