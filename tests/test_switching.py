@@ -108,3 +108,19 @@ def test_a_deep_copy_switches_on_its_own_weights(backbone):
         twin.original_weight(next(iter(twin.masked_layers))).zero_()
         assert torch.equal(net(x), before) and not torch.equal(twin(x), before)
     assert_merged(twin, "t0")
+
+
+def test_a_bad_mask_leaves_the_task_as_it_was(backbone):
+    net = frozen_net(backbone)
+    net.set_task("t0")
+    masks = random_masks(net, 0.5, seed=9)
+    last = list(net.masked_layers)[-1]
+    masks[last] = masks[last][:1]
+    with pytest.raises(ValueError, match="shape"):
+        net.set_masks("t0", masks)
+    del masks[last]
+    with pytest.raises(KeyError, match="no mask"):
+        net.set_masks("t0", masks)
+    expected = random_masks(net, 0.3, seed=0)
+    assert all(torch.equal(net.parametrization(layer).mask("t0"), expected[layer]) for layer in net.masked_layers)
+    assert_merged(net, "t0")
