@@ -125,6 +125,8 @@ def make_optimizer(name: str, params: Iterable, *, lr: float | None = None, mome
     """`adam` or `sgd` (with `momentum`) over `params` (tensors or parameter groups with their
     own `lr`), in PyTorch's fused form (one kernel for all tensors, no per-tensor temporaries)
     when every tensor is a floating-point tensor on a CPU or CUDA device, else the plain one."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     params = list(params)
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     devices = {p.device.type for p in tensors}

@@ -156,3 +156,5 @@ def test_optimizers_are_fused_where_pytorch_has_a_fused_kernel():
     before = weight.detach().clone()
     adam.step()
     assert torch.allclose(weight.detach(), before - 0.1)  # Adam's first step: lr * sign(grad)
+    with pytest.raises(ValueError, match="adam, sgd"):
+        pl.make_optimizer("lbfgs", [weight])
