@@ -147,7 +147,7 @@ def test_make_loaders_seeded():
     train1, val, test = D.make_loaders(data, 16, seed=5)
     train2, _, _ = D.make_loaders(data, 16, seed=5)
     train3, _, _ = D.make_loaders(data, 16, seed=6)
-    (x1, y1), (x2, y2), (x3, y3) = next(iter(train1)), next(iter(train2)), next(iter(train3))
+    (x1, y1), (x2, y2), (x3, _) = next(iter(train1)), next(iter(train2)), next(iter(train3))
     assert x1.shape == (16, 3, 32, 32) and y1.dtype == torch.int64
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert not torch.equal(x1, x3)
