@@ -374,7 +374,7 @@ def bench_task_switch(backbone: str, device: torch.device, plan: Plan) -> list[d
             task = f"z{zeros:g}_{seed}".replace(".", "_")
             net.add_task(task, NUM_CLASSES)
             net.set_masks(task, random_masks(net, zeros, seed=seed))
-            net.set_task(task)  # the first switch to a task also finds the positions its mask turns off
+            net.set_task(task)  # the first switch to a task makes its masks one flat tensor
     originals = [net.original_weight(layer) for layer in net.masked_layers]
     flat = torch.cat([w.reshape(-1) for w in originals])
     flat_copy, copies = torch.empty_like(flat), [torch.empty_like(w) for w in originals]

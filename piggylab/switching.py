@@ -4,18 +4,18 @@ A network that serves many frozen tasks switches between them often (serving, ev
 the notebooks' task loops). Layer by layer, a switch costs one select kernel and some
 Python per layer, and on a CPU the select ``where(mask, W, 0)`` itself runs at a third of
 the speed of a copy, and slower still as the mask's zeros grow (the paper's masks, §5, have
-4.5-34% zeros). Here:
+4.5-34% zeros): it branches per element. Here:
 
 - the frozen weights of every masked layer are views into one flat tensor, and so are the
   merged weights ``W * mask`` of the active frozen task;
-- for switching, a task's mask is kept as the sorted positions it turns off (and, for a
-  ternary mask, the positions it negates): 8 bytes per masked-off weight;
-- a switch is one copy of the flat weights and one `index_fill_` of those positions, close
-  to the memory-bandwidth floor of a plain copy when few weights are off.
+- a frozen task's per-layer masks (its masks of record, in `piggylab.masks.MaskedWeight`)
+  are made views into one flat mask of that task, the first time the task is merged;
+- a switch is then one pass over the flat tensors: on a CPU, the mask's bytes converted to
+  0./1. floats into the merged buffer and multiplied by the weights in place (two vectorised
+  kernels whose cost does not depend on the zeros); elsewhere one ``where``.
 
 `FlatWeights` is how `PiggybackNet` makes a frozen task active; it holds no tasks of its
-own (those are `piggylab.network`'s) and no masks of record (the per-layer buffers of
-`piggylab.masks.MaskedWeight`, from which it derives the positions it keeps).
+own (those are `piggylab.network`'s).
 """
 
 from __future__ import annotations
@@ -24,20 +24,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-
-
-def _positions(masks: list[Tensor]) -> tuple[Tensor, Tensor | None]:
-    """Flat positions (int64, sorted) that a task's masks turn off, and those they negate,
-    found layer by layer (a bool mask is never promoted to a wider type)."""
-    off, negated, start = [], [], 0
-    for mask in masks:
-        flat = mask.reshape(-1)
-        off.append(((~flat) if flat.dtype == torch.bool else flat == 0).nonzero().squeeze(1).add_(start))
-        if flat.dtype != torch.bool:
-            negated.append((flat < 0).nonzero().squeeze(1).add_(start))
-        start += flat.numel()
-    negated_all = torch.cat(negated) if negated else None
-    return torch.cat(off), (negated_all if negated_all is not None and negated_all.numel() else None)
 
 
 def _views(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
@@ -100,7 +86,7 @@ class FlatWeights:
         self.merged: Tensor | None = None
         self.merged_views: list[Tensor] | None = None
         self.merged_task: tuple[str, int] | None = None  # (task, version of the weights)
-        self._positions: dict[str, tuple[Tensor, Tensor | None]] = {}
+        self._masks: dict[str, Tensor] = {}  # per task, the flat mask its layers' masks are views of
 
     def views(self, flat: Tensor) -> list[Tensor]:
         """`flat` cut into tensors shaped like the weights, in order (views, no copy)."""
@@ -116,7 +102,7 @@ class FlatWeights:
 
     def forget(self, task: str) -> None:
         """Drop what is kept of a task whose masks changed or which was removed."""
-        self._positions.pop(task, None)
+        self._masks.pop(task, None)
         if self.merged_task is not None and self.merged_task[0] == task:
             self.merged_task = None
 
@@ -126,19 +112,34 @@ class FlatWeights:
 
     def merge(self, task: str, masks: Callable[[], list[Tensor]]) -> None:
         """Make `merged` (and `merged_views`, one per layer) the weights of `task`, whose
-        per-layer masks `masks()` returns; it is called the first time a task is merged only.
-        Nothing is computed if they already are that task's, for the current weights."""
+        per-layer masks (bool or int8) `masks()` returns (asked for the first time a task is
+        merged only). Nothing is computed if they already are that task's, for the current
+        weights."""
         key = (task, self.version())
         if self.merged_task == key:
             return
-        if task not in self._positions:
-            self._positions[task] = _positions(masks())
-        off, negated = self._positions[task]
+        if task not in self._masks:
+            self._masks[task] = flat_mask(masks())
+        mask = self._masks[task]
         if self.merged is None:
             self.merged = torch.empty_like(self.flat)
             self.merged_views = self.views(self.merged)
         with torch.no_grad():
-            self.merged.copy_(self.flat).index_fill_(0, off, 0)
-            if negated is not None:
-                self.merged.index_copy_(0, negated, self.flat.take(negated).neg_())
+            if self.flat.device.type == "cpu":  # 0/1 (or -1/0/1) as floats, then times W: no branches
+                self.merged.copy_(mask.view(torch.uint8) if mask.dtype == torch.bool else mask).mul_(self.flat)
+            elif mask.dtype == torch.bool:
+                torch.where(mask, self.flat, self.flat.new_zeros(()), out=self.merged)
+            else:
+                torch.mul(self.flat, mask, out=self.merged)
         self.merged_task = key
+
+
+def flat_mask(masks: list[Tensor]) -> Tensor:
+    """One flat tensor holding a task's per-layer masks: the one they are views of, or a new
+    one, to which each mask is then re-pointed (``mask.data``), so it is kept only once."""
+    flat = _flat_base(masks)
+    if flat is None:
+        flat = torch.cat([m.reshape(-1) for m in masks])
+        for mask, view in zip(masks, _views(flat, masks)):
+            mask.data = view
+    return flat

@@ -55,6 +55,9 @@ def test_switching_gives_each_task_its_exact_weights_and_logits(backbone, kinds)
             logits = net(x)
         assert torch.equal(logits, first.setdefault(task, logits))
     assert not torch.equal(first["t0"][:, :3], first["t1"][:, :3])
+    for task in ("t0", "t1"):  # each task's masks are kept once: views of one flat mask
+        storages = {net.parametrization(layer).mask(task).untyped_storage().data_ptr() for layer in net.masked_layers}
+        assert len(storages) == 1
 
 
 def test_new_masks_of_the_active_task_are_used(backbone):
