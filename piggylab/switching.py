@@ -124,14 +124,24 @@ class FlatWeights:
         if self.merged is None:
             self.merged = torch.empty_like(self.flat)
             self.merged_views = self.views(self.merged)
-        with torch.no_grad():
-            if self.flat.device.type == "cpu":  # 0/1 (or -1/0/1) as floats, then times W: no branches
-                self.merged.copy_(mask.view(torch.uint8) if mask.dtype == torch.bool else mask).mul_(self.flat)
-            elif mask.dtype == torch.bool:
-                torch.where(mask, self.flat, self.flat.new_zeros(()), out=self.merged)
-            else:
-                torch.mul(self.flat, mask, out=self.merged)
+        masked_copy(self.merged, self.flat, mask, via_floats=self.flat.device.type == "cpu")
         self.merged_task = key
+
+
+@torch.no_grad()
+def masked_copy(out: Tensor, weights: Tensor, mask: Tensor, *, via_floats: bool) -> Tensor:
+    """``out = weights * mask`` for a bool (binary) or int8 (ternary) `mask`.
+
+    `via_floats` (what a CPU gets): the mask's values converted to floats straight into `out`,
+    then multiplied by `weights` in place, two vectorised kernels without branches (a CPU's
+    `where` branches per element). Otherwise one kernel: `where` for a bool mask, `mul` for
+    an int8 one.
+    """
+    if via_floats:
+        return out.copy_(mask.view(torch.uint8) if mask.dtype == torch.bool else mask).mul_(weights)
+    if mask.dtype == torch.bool:
+        return torch.where(mask, weights, weights.new_zeros(()), out=out)
+    return torch.mul(weights, mask, out=out)
 
 
 def flat_mask(masks: list[Tensor]) -> Tensor:

@@ -127,3 +127,16 @@ def test_a_bad_mask_leaves_the_task_as_it_was(backbone):
     expected = random_masks(net, 0.3, seed=0)
     assert all(torch.equal(net.parametrization(layer).mask("t0"), expected[layer]) for layer in net.masked_layers)
     assert_merged(net, "t0")
+
+
+@pytest.mark.parametrize("kind", ["binary", "ternary"])
+def test_both_ways_of_merging_give_the_masked_weights(kind):
+    from piggylab.switching import masked_copy
+
+    g = torch.Generator().manual_seed(0)
+    weights = torch.randn(1000, generator=g)
+    u = torch.rand(1000, generator=g)
+    mask = u > 0.3 if kind == "binary" else (u > 0.3).to(torch.int8) - (u < 0.15).to(torch.int8)
+    expected = apply_mask(weights, mask)
+    for via_floats in (True, False):  # a CPU's way and the one-kernel way other devices take
+        assert torch.equal(masked_copy(torch.empty_like(weights), weights, mask, via_floats=via_floats), expected)
