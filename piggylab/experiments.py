@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from .analysis import finetuned_bytes, overall_sparsity
 from .datasets import EMBEDDED_TASKS, PAPER_DATASETS, TaskData, make_loaders
-from .masks import MaskConfig
+from .masks import MaskConfig, check_choice
 from .network import PiggybackNet
 from .storage import task_bytes
 from .train import PAPER_BATCH_SIZE, Trainer, TrainConfig, evaluate, paper_recipe
@@ -73,14 +73,12 @@ def train_config(method: str = "piggyback", recipe: str = "embedded", *, epochs:
     hyper-parameters (`paper_recipe`), 30 epochs, lr x0.1 halfway. A given `epochs` moves the
     decay with it.
     """
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    check_choice(recipe, RECIPES, "recipe")
     epochs = epochs or RECIPE_EPOCHS[recipe]
     if recipe == "paper":
         base, fraction = paper_recipe(method), 0.5
     else:
-        if method not in EMBEDDED_RECIPES:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(EMBEDDED_RECIPES)}")
+        check_choice(method, EMBEDDED_RECIPES, "method")
         base, fraction = TrainConfig(method, **EMBEDDED_RECIPES[method]), EMBEDDED_DECAY_AT
     decay = (round(epochs * fraction),) if epochs >= 3 else ()
     return replace(base, epochs=epochs, decay_epochs=decay, **overrides)

@@ -16,6 +16,7 @@ files or training loops.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,9 @@ DEFAULT_SCALE = {"constant": 1e-2, "uniform": 1e-2, "weight": 1.0}
 mean |W| (the reference's 1e-2 with tau 5e-3 starts from an all-ones mask)."""
 
 
-def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
+def check_choice(value: str, choices: Collection[str], what: str) -> str:
+    """`value` if it is one of `choices`, else a ValueError naming them (every option check
+    of the lab goes through here, so they all read the same)."""
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
     return value
@@ -64,9 +67,9 @@ class MaskConfig:
     grad_scaling: str = "none"
 
     def __post_init__(self) -> None:
-        _choice(self.kind, MASK_KINDS, "mask kind")
-        _choice(self.init, INIT_SCHEMES, "score init")
-        _choice(self.grad_scaling, GRAD_SCALINGS, "gradient scaling")
+        check_choice(self.kind, MASK_KINDS, "mask kind")
+        check_choice(self.init, INIT_SCHEMES, "score init")
+        check_choice(self.grad_scaling, GRAD_SCALINGS, "gradient scaling")
         _finite_number(self.threshold, "threshold")
         if self.scale is not None:
             _finite_number(self.scale, "scale", positive=True)
@@ -98,7 +101,7 @@ def threshold_scores(scores: Tensor, kind: str = "binary", threshold: float = DE
     """The mask of `scores`: bool for `binary`, int8 in {-1, 0, 1} for `ternary`."""
     if kind == "binary":
         return scores > threshold
-    _choice(kind, MASK_KINDS, "mask kind")
+    check_choice(kind, MASK_KINDS, "mask kind")
     return (scores > threshold).to(torch.int8) - (scores < 0).to(torch.int8)
 
 

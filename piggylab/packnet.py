@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .masks import apply_mask
+from .masks import apply_mask, check_choice
 from .network import TASK_NAME, TaskBatchNorm, TaskHeads, wrap_backbone
 from .train import OPTIMIZERS, _autocast, evaluate, make_optimizer, resolve_device, train_one_epoch
 
@@ -126,8 +126,7 @@ class PackNet(nn.Module):
     def __init__(self, backbone: nn.Module, *, backbone_name: str = "backbone", classifier: str | None = None,
                  bn: str = "task") -> None:
         super().__init__()
-        if bn not in BN_MODES:
-            raise ValueError(f"unknown bn mode {bn!r}; choose one of {', '.join(BN_MODES)}")
+        check_choice(bn, BN_MODES, "bn mode")
         backbone, classifier, self.layers = wrap_backbone(backbone, classifier, PackedWeight, unsafe=True)
         self.classifier_name, self.backbone_name, self.bn = classifier, backbone_name, bn
         self.backbone = backbone
@@ -326,8 +325,7 @@ class PackNetConfig:
 
     def __post_init__(self) -> None:
         check_fraction(self.prune_fraction)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
         if int(self.epochs) < 1 or int(self.retrain_epochs) < 0:
             raise ValueError(f"epochs must be at least 1 and retrain_epochs at least 0, got {self.epochs}, "
                              f"{self.retrain_epochs}")

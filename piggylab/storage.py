@@ -34,7 +34,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from .masks import MaskConfig
+from .masks import MaskConfig, check_choice
 from .network import PiggybackNet
 
 FORMATS = ("packed", "rice")
@@ -172,8 +172,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def task_bytes(net: PiggybackNet, task: str, fmt: str = "packed") -> bytes:
     """The task file's content, as `save_task` writes it."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_choice(fmt, FORMATS, "format")
     from . import __version__
 
     info = net.task(task)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .masks import check_choice
 from .network import PiggybackNet
 
 METHODS = ("piggyback", "finetune", "classifier")
@@ -73,12 +74,11 @@ class TrainConfig:
     freeze_at_end: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.bn_mode is not None and self.bn_mode not in BN_MODES:
-            raise ValueError(f"unknown bn_mode {self.bn_mode!r}; choose one of {', '.join(BN_MODES)}")
+        check_choice(self.method, METHODS, "method")
+        if self.optimizer is not None:
+            check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        if self.bn_mode is not None:
+            check_choice(self.bn_mode, BN_MODES, "bn_mode")
         if int(self.epochs) < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         for name in ("lr", "lr_scores"):
@@ -104,8 +104,7 @@ PAPER_BATCH_SIZE = 32
 
 def paper_recipe(method: str = "piggyback", **overrides) -> TrainConfig:
     """The paper's hyper-parameters for `method`, with any field overridden."""
-    if method not in PAPER_RECIPES:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(PAPER_RECIPES)}")
+    check_choice(method, PAPER_RECIPES, "method")
     return replace(PAPER_RECIPES[method], **overrides)
 
 
@@ -125,8 +124,7 @@ def make_optimizer(name: str, params: Iterable, *, lr: float | None = None, mome
     """`adam` or `sgd` (with `momentum`) over `params` (tensors or parameter groups with their
     own `lr`), in PyTorch's fused form (one kernel for all tensors, no per-tensor temporaries)
     when every tensor is a floating-point tensor on a CPU or CUDA device, else the plain one."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    check_choice(name, OPTIMIZERS, "optimizer")
     params = list(params)
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     devices = {p.device.type for p in tensors}
@@ -228,8 +226,7 @@ class Trainer:
         self.history: pd.DataFrame | None = None
 
     def add_callback(self, event: str, fn: Callable) -> None:
-        if event not in EVENTS:
-            raise ValueError(f"unknown event {event!r}; choose one of {', '.join(EVENTS)}")
+        check_choice(event, EVENTS, "event")
         self.callbacks[event].append(fn)
 
     def _trigger(self, event: str, record: dict) -> None:
