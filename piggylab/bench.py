@@ -464,16 +464,19 @@ def _fmt(s: dict[str, float], digits: int = 2) -> str:
 _MET = {True: "yes", False: "**no**"}
 
 
+def _table(title: str, header: list[str], rows: list[list]) -> list[str]:
+    """A titled markdown table, with a blank line after the title and after the table."""
+    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return [*lines, *("| " + " | ".join(map(str, cells)) + " |" for cells in rows), ""]
+
+
 def _method_table(title: str, rows: list[dict], key: str, digits: int) -> list[str]:
     """A markdown table of one figure per training method and its ratio to fine-tuning."""
     others = [m for m in METHODS if m != "finetune"]
     header = ["device", "backbone", "size", "batch", *METHODS, *(f"{m} / finetune" for m in others), "met"]
-    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [r["device"], r["backbone"], r["image_size"], r["batch_size"], *(_fmt(r[key][m], digits) for m in METHODS),
-                 *(_fmt(r["ratio_to_finetune"][m]) for m in others), _MET[r["met"]]]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return [*lines, ""]
+    return _table(title, header, [[r["device"], r["backbone"], r["image_size"], r["batch_size"],
+                                   *(_fmt(r[key][m], digits) for m in METHODS),
+                                   *(_fmt(r["ratio_to_finetune"][m]) for m in others), _MET[r["met"]]] for r in rows])
 
 
 def report(result: dict) -> str:
@@ -488,31 +491,28 @@ def report(result: dict) -> str:
         lines += _method_table("Peak training memory (MiB above the pre-model floor; target piggyback <= 1.10x fine-tuning):",
                                result["train_memory"], "mib", 1)
     if "storage" in result:
-        lines += ["Storage per task (random masks; mask bits per masked weight; file bytes include head and metadata):", "",
-                  "| backbone | masked weights | zeros | packed bits/w | rice bits/w | packed file | rice file | fine-tuned file | packed / fine-tuned | met |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['backbone']} | {r['masked_weights']:,} | {r['zero_fraction']:.0%} | {r['packed_bits_per_weight']:.6f} | "
-                  f"{r['rice_bits_per_weight']:.3f} | {r['packed_file_bytes']:,} | {r['rice_file_bytes']:,} | {r['finetuned_bytes']:,} | "
-                  f"{r['packed_vs_finetuned']:.4f} | {_MET[r['met']]} |" for r in result["storage"]]
-        lines.append("")
+        lines += _table(
+            "Storage per task (random masks; mask bits per masked weight; file bytes include head and metadata):",
+            ["backbone", "masked weights", "zeros", "packed bits/w", "rice bits/w", "packed file", "rice file",
+             "fine-tuned file", "packed / fine-tuned", "met"],
+            [[r["backbone"], f"{r['masked_weights']:,}", f"{r['zero_fraction']:.0%}", f"{r['packed_bits_per_weight']:.6f}",
+              f"{r['rice_bits_per_weight']:.3f}", f"{r['packed_file_bytes']:,}", f"{r['rice_file_bytes']:,}",
+              f"{r['finetuned_bytes']:,}", f"{r['packed_vs_finetuned']:.4f}", _MET[r["met"]]] for r in result["storage"]])
     if "task_switch" in result:
-        lines += ["Task switching (`set_task` between two frozen tasks vs one flat copy of the masked weights; target <= 2x):", "",
-                  "| device | backbone | weight MB | zeros | copy ms | per-layer copy ms | set_task ms | set_task / copy | copy GB/s (r+w) | met |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['device']} | {r['backbone']} | {r['weight_bytes'] / 1e6:.1f} | {r['zero_fraction']:.0%} | {_fmt(r['ms']['copy'], 3)} | "
-                  f"{_fmt(r['ms']['layer_copy'], 3)} | {_fmt(r['ms']['set_task'], 3)} | {_fmt(r['ratio_to_copy'])} | "
-                  f"{r['copy_gb_per_s']:.1f} | {_MET[r['met']]} |"
-                  for r in result["task_switch"]]
-        lines.append("")
+        lines += _table(
+            "Task switching (`set_task` between two frozen tasks vs one flat copy of the masked weights; target <= 2x):",
+            ["device", "backbone", "weight MB", "zeros", "copy ms", "per-layer copy ms", "set_task ms", "set_task / copy",
+             "copy GB/s (r+w)", "met"],
+            [[r["device"], r["backbone"], f"{r['weight_bytes'] / 1e6:.1f}", f"{r['zero_fraction']:.0%}",
+              _fmt(r["ms"]["copy"], 3), _fmt(r["ms"]["layer_copy"], 3), _fmt(r["ms"]["set_task"], 3),
+              _fmt(r["ratio_to_copy"]), f"{r['copy_gb_per_s']:.1f}", _MET[r["met"]]] for r in result["task_switch"]])
     if "inference" in result:
-        lines += ["Inference (images/s; throughput ratio to the plain backbone, target merged >= 0.98):", "",
-                  "| device | backbone | size | batch | plain | merged | unmerged | merged / plain | unmerged / plain | met |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['device']} | {r['backbone']} | {r['image_size']} | {r['batch_size']} | {_fmt(r['images_per_s']['plain'], 0)} | "
-                  f"{_fmt(r['images_per_s']['merged'], 0)} | {_fmt(r['images_per_s']['unmerged'], 0)} | "
-                  f"{_fmt(r['throughput_ratio_to_plain']['merged'])} | {_fmt(r['throughput_ratio_to_plain']['unmerged'])} | {_MET[r['met']]} |"
-                  for r in result["inference"]]
-        lines.append("")
+        lines += _table(
+            "Inference (images/s; throughput ratio to the plain backbone, target merged >= 0.98):",
+            ["device", "backbone", "size", "batch", "plain", "merged", "unmerged", "merged / plain", "unmerged / plain", "met"],
+            [[r["device"], r["backbone"], r["image_size"], r["batch_size"], *(_fmt(r["images_per_s"][k], 0) for k in
+              ("plain", "merged", "unmerged")), _fmt(r["throughput_ratio_to_plain"]["merged"]),
+              _fmt(r["throughput_ratio_to_plain"]["unmerged"]), _MET[r["met"]]] for r in result["inference"]])
     return "\n".join(lines)
 
 
