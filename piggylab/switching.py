@@ -50,11 +50,11 @@ def flat_copies(weights: list[Tensor]) -> list[nn.Parameter]:
     return [nn.Parameter(view, requires_grad=False) for view in _views(flat, weights)]
 
 
-def _flat_base(weights: list[Tensor]) -> Tensor | None:
-    """The flat tensor of which `weights` are consecutive views, in order, if there is one."""
-    first = weights[0].detach()
+def _flat_base(tensors: list[Tensor]) -> Tensor | None:
+    """The flat tensor of which `tensors` are consecutive views, in order, if there is one."""
+    first = tensors[0].detach()
     offset = first.storage_offset()
-    for w in weights:
+    for w in tensors:
         if w.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() \
                 or w.storage_offset() != offset or not w.is_contiguous():
             return None
@@ -75,13 +75,7 @@ class FlatWeights:
     def __init__(self, weights: list[nn.Parameter]) -> None:
         _check_one_device_and_dtype(weights)
         self._weights = weights
-        flat = _flat_base(weights)
-        if flat is None:
-            with torch.no_grad():
-                flat = torch.cat([w.detach().reshape(-1) for w in weights])
-            for weight, view in zip(weights, self.views(flat)):
-                weight.data = view
-        self.flat = flat
+        self.flat = flatten(weights)
         self._pointers = [w.data_ptr() for w in weights]
         self.merged: Tensor | None = None
         self.merged_views: list[Tensor] | None = None
@@ -119,7 +113,7 @@ class FlatWeights:
         if self.merged_task == key:
             return
         if task not in self._masks:
-            self._masks[task] = flat_mask(masks())
+            self._masks[task] = flatten(masks())
         mask = self._masks[task]
         if self.merged is None:
             self.merged = torch.empty_like(self.flat)
@@ -144,12 +138,14 @@ def masked_copy(out: Tensor, weights: Tensor, mask: Tensor, *, via_floats: bool)
     return torch.mul(weights, mask, out=out)
 
 
-def flat_mask(masks: list[Tensor]) -> Tensor:
-    """One flat tensor holding a task's per-layer masks: the one they are views of, or a new
-    one, to which each mask is then re-pointed (``mask.data``), so it is kept only once."""
-    flat = _flat_base(masks)
+def flatten(tensors: list[Tensor]) -> Tensor:
+    """One flat tensor that `tensors` are consecutive views of: the one they already are views
+    of, or a new one, to which each tensor is then re-pointed (``tensor.data``), so that the
+    values are held once and every parameter or buffer object stays the same."""
+    flat = _flat_base(tensors)
     if flat is None:
-        flat = torch.cat([m.reshape(-1) for m in masks])
-        for mask, view in zip(masks, _views(flat, masks)):
-            mask.data = view
+        with torch.no_grad():
+            flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        for tensor, view in zip(tensors, _views(flat, tensors)):
+            tensor.data = view
     return flat
