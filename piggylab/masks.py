@@ -8,6 +8,8 @@ files or training loops.
 - `threshold_scores` turns scores into a mask: `binary` {0, 1} or `ternary` {-1, 0, 1}.
 - `masked_weight` computes ``W * mask(scores)`` with the straight-through gradient
   ``dL/dscores = dL/dW_eff * W`` (optionally divided by |W|, as the reference allows).
+- `recompute_masked_weights` trains without keeping masked weights for backward: they are
+  remade there, and ``conv2d``/``linear`` on them run fused (`RecomputedWeight`).
 - `MaskedWeight` is a `torch.nn.utils.parametrize` parametrization that holds one mask per
   task for one weight: the frozen weight stays at ``parametrizations.<name>.original``.
 - `ActiveTask` / `TaskAware`: the active task, one object shared by a network's layers.
@@ -16,10 +18,13 @@ files or training loops.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 MASK_KINDS = ("binary", "ternary")
@@ -131,16 +136,21 @@ class _StraightThroughMask(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (weight,) = ctx.saved_tensors
-        grad_scores = grad_output * weight
-        if ctx.grad_scaling == "layer":
-            grad_scores /= weight.abs().mean().clamp_min(1e-12)
-        elif ctx.grad_scaling == "elementwise":
-            grad_scores /= weight.abs().clamp_min(1e-12)
-        return None, grad_scores.to(torch.float32), None, None, None
+        return None, score_gradient_(grad_output * weight, weight, ctx.grad_scaling), None, None, None
+
+
+def score_gradient_(grad: Tensor, weight: Tensor, grad_scaling: str) -> Tensor:
+    """``dL/ds`` from ``grad = dL/dW_eff * W``, in place: divided by the layer's mean |W|
+    (`layer`) or by |W| (`elementwise`) if asked, as float32 (the scores' type)."""
+    if grad_scaling == "layer":
+        grad /= weight.abs().mean().clamp_min(1e-12)
+    elif grad_scaling == "elementwise":
+        grad /= weight.abs().clamp_min(1e-12)
+    return grad.to(torch.float32)
 
 
 class _Recipe:
-    """What autograd keeps of a masked weight inside `recompute_masked_weights`: how to remake it."""
+    """How to remake a masked weight for the backward pass: W, the scores and the config."""
 
     __slots__ = ("weight", "scores", "config", "version")
 
@@ -151,39 +161,125 @@ class _Recipe:
         if self.scores._version != self.version:
             raise RuntimeError("scores were modified in place between forward and backward; "
                                "their masked weight cannot be recomputed for the backward pass")
-        return masked_weight(self.weight, self.scores, self.config)
+        with torch.no_grad():
+            return _StraightThroughMask.apply(self.weight, self.scores, self.config.kind, self.config.threshold,
+                                              self.config.grad_scaling)
 
 
-_RECIPE = "_piggylab_recipe"
+_recomputing: ContextVar[bool] = ContextVar("piggylab_recomputing", default=False)
 
 
 def masked_weight(weight: Tensor, scores: Tensor, config: MaskConfig) -> Tensor:
-    """``weight * mask(scores)`` with the straight-through gradient to `scores` only."""
+    """``weight * mask(scores)`` with the straight-through gradient to `scores` only; inside
+    `recompute_masked_weights`, a `RecomputedWeight`."""
     out = _StraightThroughMask.apply(weight, scores, config.kind, config.threshold, config.grad_scaling)
-    if out.requires_grad:
-        setattr(out, _RECIPE, _Recipe(weight, scores, config))
+    if out.requires_grad and _recomputing.get():
+        out = out.as_subclass(RecomputedWeight)
+        out.recipe = _Recipe(weight, scores, config)
     return out
 
 
 def _pack(tensor: Tensor) -> Tensor | _Recipe:
-    return getattr(tensor, _RECIPE, tensor)
+    return tensor.recipe if type(tensor) is RecomputedWeight else tensor
 
 
 def _unpack(saved: Tensor | _Recipe) -> Tensor:
     return saved() if isinstance(saved, _Recipe) else saved
 
 
-def recompute_masked_weights() -> torch.autograd.graph.saved_tensors_hooks:
+@contextmanager
+def recompute_masked_weights() -> Iterator[None]:
     """A context in which autograd keeps no masked weight of a task in training for backward.
 
     A conv or linear layer keeps its weight for its backward pass; while a task trains its
     scores that weight is ``W * mask``, one more weight-sized tensor per layer besides the
-    frozen W. Inside this context a layer keeps only the recipe (W and the scores, which
-    exist anyway) and the masked weight is remade when backward reaches that layer, one
-    layer at a time: one weight-sized pass per layer buys back a copy of all the weights.
-    Every other saved tensor is kept as usual.
+    frozen W. Inside this context a masked weight is a `RecomputedWeight`: what autograd
+    keeps of it is how to remake it (W and the scores, which exist anyway), and it is remade
+    when backward reaches its layer, one layer at a time. `conv2d` and `linear` on it go
+    further (`_MaskedLayer`): their backward computes the input's gradient first, frees the
+    remade weight, then turns the weight's gradient into the scores' in place, so a layer's
+    backward holds two weight-sized buffers, as fine-tuning's does, instead of four.
     """
-    return torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
+    token = _recomputing.set(True)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
+            yield
+    finally:
+        _recomputing.reset(token)
+
+
+def _pair(value: int | tuple[int, ...]) -> list[int]:
+    return list(value) if isinstance(value, (tuple, list)) else [value, value]
+
+
+class _MaskedLayer(torch.autograd.Function):
+    """``conv2d`` or ``linear`` of x with a masked weight, keeping x and the recipe only.
+
+    Backward: ``dL/dx`` with the remade masked weight, which is then freed; ``dL/dW_eff``
+    into a new buffer that becomes ``dL/ds`` in place (`score_gradient_`).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, masked: Tensor, scores: Tensor, bias: Tensor | None, recipe: _Recipe,
+                conv: tuple | None) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.recipe, ctx.conv = recipe, conv
+        return F.linear(x, masked, bias) if conv is None else F.conv2d(x, masked, bias, *conv)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (x,), recipe = ctx.saved_tensors, ctx.recipe
+        need_x, _, need_scores, need_bias = ctx.needs_input_grad[:4]
+        grad_x = grad_w = grad_bias = None
+        if ctx.conv is None:
+            if need_x:
+                grad_x = grad_out @ recipe()
+            flat_out = grad_out.reshape(-1, grad_out.shape[-1])
+            if need_scores:
+                grad_w = flat_out.t() @ x.reshape(-1, x.shape[-1])
+            if need_bias:
+                grad_bias = flat_out.sum(0)
+        else:
+            stride, padding, dilation, groups = ctx.conv
+            args = (_pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups)
+            if need_x:
+                grad_x = torch.ops.aten.convolution_backward(
+                    grad_out, x, recipe(), None, *args, [True, False, False])[0]
+            if need_scores or need_bias:
+                _, grad_w, grad_bias = torch.ops.aten.convolution_backward(
+                    grad_out, x, recipe.weight, [recipe.weight.shape[0]] if need_bias else None, *args,
+                    [False, need_scores, need_bias])
+        grad_scores = score_gradient_(grad_w.mul_(recipe.weight), recipe.weight, recipe.config.grad_scaling) \
+            if need_scores else None
+        return grad_x, None, grad_scores, grad_bias, None, None
+
+
+class RecomputedWeight(Tensor):
+    """A masked weight inside `recompute_masked_weights`, carrying the `recipe` to remake it.
+
+    ``F.conv2d`` and ``F.linear`` on it run as `_MaskedLayer`; any other function sees a
+    plain tensor (and what it keeps of it for backward is remade by the saved-tensor hooks).
+    """
+
+    recipe: _Recipe
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            if func in _LAYER_ARGS and len(args) > 1 and type(args[1]) is cls:
+                call = dict(zip(_LAYER_ARGS[func], args), **kwargs)
+                conv = None if func is F.linear else tuple(call.get(k, d) for k, d in _CONV_DEFAULTS)
+                if conv is None or not isinstance(conv[1], str):  # padding="same": the plain way
+                    weight = call["weight"]
+                    return _MaskedLayer.apply(call["input"], weight.detach(), weight.recipe.scores,
+                                              call.get("bias"), weight.recipe, conv)
+            return func(*args, **kwargs)
+
+
+_CONV_DEFAULTS = (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))
+_LAYER_ARGS = {F.linear: ("input", "weight", "bias"),
+               F.conv2d: ("input", "weight", "bias", *(k for k, _ in _CONV_DEFAULTS))}
 
 
 class ActiveTask:

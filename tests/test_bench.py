@@ -7,6 +7,7 @@ import weakref
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import piggylab as pl
@@ -63,12 +64,14 @@ def test_recomputed_masked_weights_give_the_same_gradients(config):
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+@pytest.mark.parametrize("use", {"matmul (saved-tensor hooks)": lambda x, w: w @ x.t(),
+                                 "linear (fused)": lambda x, w: F.linear(x, w)}.items(), ids=lambda u: u[0])
 @pytest.mark.parametrize("recompute", [False, True])
-def test_recomputing_keeps_no_masked_weight_and_notices_changed_scores(recompute):
+def test_recomputing_keeps_no_masked_weight_and_notices_changed_scores(recompute, use):
     weight, scores = torch.randn(5, 5), torch.full((5, 5), 1e-2, requires_grad=True)
     with recompute_masked_weights() if recompute else torch.enable_grad():
         effective = masked_weight(weight, scores, MaskConfig())
-        out = effective @ torch.randn(5, 1, requires_grad=True)  # matmul keeps its weight for backward
+        out = use[1](torch.randn(3, 5, requires_grad=True), effective)  # keeps its weight for backward
     kept = weakref.ref(effective)
     del effective
     assert (kept() is None) == recompute
@@ -77,6 +80,35 @@ def test_recomputing_keeps_no_masked_weight_and_notices_changed_scores(recompute
     if recompute:
         with pytest.raises(RuntimeError, match="modified in place"):
             out.sum().backward()
+
+
+LAYERS = {"conv strided, grouped": (nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
+          "conv dilated": (nn.Conv2d(4, 6, 3, padding=(2, 1), dilation=(2, 1)), (2, 4, 9, 9)),
+          "conv padding=same (not fused)": (nn.Conv2d(4, 6, 3, padding="same"), (2, 4, 9, 9)),
+          "linear on 3-d input": (nn.Linear(4, 6), (2, 3, 4))}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("config", [MaskConfig(init="uniform"), MaskConfig(kind="ternary", init="uniform", grad_scaling="elementwise")])
+def test_fused_masked_layers_give_autograds_gradients(name, config):
+    """conv2d and linear on a masked weight while recomputing: the gradients of input, scores
+    and bias are those of plain autograd, and their backward is the fused one."""
+    torch.manual_seed(0)
+    layer, shape = LAYERS[name]
+    layer.bias.requires_grad_(True)
+    scores = torch.nn.Parameter(pl.masks.init_scores(layer.weight, config))
+    x = torch.randn(shape, requires_grad=True)
+    run = (lambda w: layer._conv_forward(x, w, layer.bias)) if isinstance(layer, nn.Conv2d) else \
+        (lambda w: F.linear(x, w, layer.bias))
+    grads, nodes = [], []
+    for context in (torch.enable_grad(), recompute_masked_weights()):
+        with context:
+            out = run(masked_weight(layer.weight.detach(), scores, config))
+        nodes.append(type(out.grad_fn).__name__)
+        grads.append(torch.autograd.grad(out.square().sum(), (x, scores, layer.bias)))
+    for plain, fused in zip(*grads):
+        torch.testing.assert_close(fused, plain)
+    assert (nodes[1] == "_MaskedLayerBackward") == ("not fused" not in name)
 
 
 def test_a_task_in_training_holds_no_cached_masked_weight(backbone):
