@@ -362,10 +362,15 @@ class MaskedWeight(TaskAware, nn.Module):
             self.set_mask(task, self.mask(task), self.configs[task])
 
     # -- the parametrization ---------------------------------------------------------
+    def merged_weight(self) -> Tensor | None:
+        """The weight of the active task if the network has merged it (a frozen task), else None."""
+        merged = self.state.merged
+        return None if merged is None else merged[self.slot]
+
     def forward(self, original: Tensor) -> Tensor:
-        merged = self.state.merged  # set only while a frozen task is active and merged
+        merged = self.merged_weight()
         if merged is not None:
-            return merged[self.slot]
+            return merged
         task = self.state.name
         if task is None:
             return original

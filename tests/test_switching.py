@@ -140,3 +140,18 @@ def test_both_ways_of_merging_give_the_masked_weights(kind):
     expected = apply_mask(weights, mask)
     for via_floats in (True, False):  # a CPU's way and the one-kernel way other devices take
         assert torch.equal(masked_copy(torch.empty_like(weights), weights, mask, via_floats=via_floats), expected)
+
+
+def test_a_merged_weight_is_read_without_calling_the_parametrization(backbone):
+    """A frozen task's layers read their merged view directly; a task in training goes
+    through the parametrization (and gets a weight with a gradient)."""
+    net = frozen_net(backbone)
+    layer, (module, attr) = next(iter(net.masked_layers.items()))
+    calls = []
+    net.parametrization(layer).register_forward_hook(lambda *args: calls.append(1))
+    net.set_task("t0")
+    assert getattr(module, attr) is net._state.merged[net.parametrization(layer).slot] and not calls
+    net.add_task("new", 3)
+    weight = getattr(module, attr)
+    assert calls and weight.requires_grad
+    assert torch.equal(weight, net.original_weight(layer))  # all-ones mask at the start
