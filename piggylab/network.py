@@ -168,9 +168,9 @@ class PiggybackNet(nn.Module):
 
     With ``recompute=True`` (the default) a training forward keeps no masked weight for
     backward and remakes it layer by layer there (`recompute_masked_weights`): one copy of
-    the weights less memory for about 2% more step time on a CPU. Under autocast a layer keeps
-    its low-precision cast of the weight instead, so there is nothing to recompute and the
-    forward runs as with ``recompute=False``.
+    the weights less memory, at no step time measurable on a CPU (benchmarks/RESULTS.md).
+    Under autocast a layer keeps its low-precision cast of the weight instead, so there is
+    nothing to recompute and the forward runs as with ``recompute=False``.
 
     Masked: every Conv2d/Linear weight but the classifier's, and the input projections of
     `nn.MultiheadAttention` (ViT attention). Not masked (frozen and shared): biases,
