@@ -117,6 +117,15 @@ def apply_mask(weight: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, weight, 0.0)
 
 
+def _mask_weight(weight: Tensor, scores: Tensor, kind: str, threshold: float) -> Tensor:
+    """``W * mask(scores)``, outside autograd. Binary: the 0/1 mask is written straight into
+    the output and multiplied by W in place, two vectorised passes, 2.5x faster than `where`
+    on a CPU and with no separate bool mask."""
+    if kind == "binary":
+        return torch.gt(scores, threshold, out=torch.empty_like(weight)).mul_(weight)
+    return apply_mask(weight, threshold_scores(scores, kind, threshold))
+
+
 class _StraightThroughMask(torch.autograd.Function):
     """W * mask(s) forward; the identity through the threshold backward (paper §3).
 
@@ -128,10 +137,7 @@ class _StraightThroughMask(torch.autograd.Function):
     def forward(ctx, weight: Tensor, scores: Tensor, kind: str, threshold: float, grad_scaling: str) -> Tensor:
         ctx.save_for_backward(weight)
         ctx.grad_scaling = grad_scaling
-        if kind == "binary":  # the 0/1 mask written straight into the output, then times W in place:
-            # two vectorised passes, 2.5x faster than `where` on a CPU and no separate bool mask
-            return torch.gt(scores, threshold, out=torch.empty_like(weight)).mul_(weight)
-        return apply_mask(weight, threshold_scores(scores, kind, threshold))
+        return _mask_weight(weight, scores, kind, threshold)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
@@ -162,8 +168,7 @@ class _Recipe:
             raise RuntimeError("scores were modified in place between forward and backward; "
                                "their masked weight cannot be recomputed for the backward pass")
         with torch.no_grad():
-            return _StraightThroughMask.apply(self.weight, self.scores, self.config.kind, self.config.threshold,
-                                              self.config.grad_scaling)
+            return _mask_weight(self.weight, self.scores, self.config.kind, self.config.threshold)
 
 
 _recomputing: ContextVar[bool] = ContextVar("piggylab_recomputing", default=False)
