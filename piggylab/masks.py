@@ -203,7 +203,7 @@ def recompute_masked_weights() -> Iterator[None]:
     when backward reaches its layer, one layer at a time. `conv2d` and `linear` on it go
     further (`_MaskedLayer`): their backward computes the input's gradient first, frees the
     remade weight, then turns the weight's gradient into the scores' in place, so a layer's
-    backward holds two weight-sized buffers, as fine-tuning's does, instead of four.
+    backward holds two weight-sized buffers at a time, as fine-tuning's does, not three.
     """
     token = _recomputing.set(True)
     try:
