@@ -20,26 +20,19 @@ Uses only names that every version of the benchmark module has had since the eve
 
 import json
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from before_after import median_seconds  # this folder's other harness (run as a script)
 from piggylab import bench
 from piggylab.network import PiggybackNet
 
 
 def median_us(run: Callable[[], object], reps: int, warmup: int = 20) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    return median_seconds(run, reps, warmup) * 1e6
 
 
 def forward_costs() -> dict:
