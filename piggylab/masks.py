@@ -276,7 +276,8 @@ class RecomputedWeight(Tensor):
                 call = dict(zip(_LAYER_ARGS[func], args), **kwargs)
                 conv = None if func is F.linear else tuple(call.get(k, d) for k, d in _CONV_DEFAULTS)
                 if conv is None or not isinstance(conv[1], str):  # padding="same": the plain way
-                    weight = call["weight"]
+                    weight = call["weight"]  # detached below: attached, autograd would also run
+                    # the straight-through node's backward, on a zero gradient (54 vs 45 us a layer)
                     return _MaskedLayer.apply(call["input"], weight.detach(), weight.recipe.scores,
                                               call.get("bias"), weight.recipe, conv)
             return func(*args, **kwargs)
