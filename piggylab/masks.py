@@ -275,7 +275,8 @@ class RecomputedWeight(Tensor):
             if func in _LAYER_ARGS and len(args) > 1 and type(args[1]) is cls:
                 call = dict(zip(_LAYER_ARGS[func], args), **kwargs)
                 conv = None if func is F.linear else tuple(call.get(k, d) for k, d in _CONV_DEFAULTS)
-                if conv is None or not isinstance(conv[1], str):  # padding="same": the plain way
+                # padding="same" or an unbatched image: the plain way
+                if conv is None or (call["input"].dim() == 4 and not isinstance(conv[1], str)):
                     weight = call["weight"]  # detached below: attached, autograd would also run
                     # the straight-through node's backward, on a zero gradient (54 vs 45 us a layer)
                     return _MaskedLayer.apply(call["input"], weight.detach(), weight.recipe.scores,

@@ -85,6 +85,7 @@ def test_recomputing_keeps_no_masked_weight_and_notices_changed_scores(recompute
 LAYERS = {"conv strided, grouped": (nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
           "conv dilated": (nn.Conv2d(4, 6, 3, padding=(2, 1), dilation=(2, 1)), (2, 4, 9, 9)),
           "conv padding=same (not fused)": (nn.Conv2d(4, 6, 3, padding="same"), (2, 4, 9, 9)),
+          "conv on an unbatched image (not fused)": (nn.Conv2d(4, 6, 3), (4, 9, 9)),
           "linear on 3-d input": (nn.Linear(4, 6), (2, 3, 4))}
 
 
