@@ -98,7 +98,8 @@ FULL = Plan(
     workloads={"cpu": (Workload("tiny", 32), Workload("resnet18", 64)),
                "cuda": (Workload("tiny", 32), Workload("resnet18", 64), Workload("resnet50", 224),
                         Workload("resnet50", 224, 128))},  # batch 32 leaves an H100 waiting on Python
-    switch_backbone="resnet50", switch_zero_fractions=(0.01, 0.05, 0.10, 0.30), storage_backbones=("tiny", "resnet50"), zero_fractions=(0.0, 0.01, 0.05, 0.10),
+    switch_backbone="resnet50", switch_zero_fractions=(0.01, 0.05, 0.10, 0.30),
+    storage_backbones=("tiny", "resnet50"), zero_fractions=(0.0, 0.01, 0.05, 0.10),
     warmup=3, reps=25, memory_reps=3, memory_steps=3, inference_batches=1,
 )
 QUICK = Plan(
@@ -368,10 +369,13 @@ def bench_task_switch(backbone: str, device: torch.device, plan: Plan) -> list[d
     """Per fraction of zeros, `set_task` from one frozen task to another with random masks of
     that fraction, against one copy of all the masked weights as one flat tensor (the
     bandwidth floor) and, for reference, one copy layer by layer."""
+    def task_name(zeros: float, seed: int) -> str:
+        return f"z{zeros:g}_{seed}".replace(".", "_")
+
     net = build_net(backbone, device, tasks=())
     for zeros in plan.switch_zero_fractions:
         for seed in (1, 2):
-            task = f"z{zeros:g}_{seed}".replace(".", "_")
+            task = task_name(zeros, seed)
             net.add_task(task, NUM_CLASSES)
             net.set_masks(task, random_masks(net, zeros, seed=seed))
             net.set_task(task)  # the first switch to a task makes its masks one flat tensor
@@ -385,7 +389,7 @@ def bench_task_switch(backbone: str, device: torch.device, plan: Plan) -> list[d
 
     cases: dict[str, Case] = {"copy": (no_op, lambda: flat_copy.copy_(flat)), "layer_copy": (no_op, layer_copy)}
     for zeros in plan.switch_zero_fractions:
-        first, second = (f"z{zeros:g}_{seed}".replace(".", "_") for seed in (1, 2))
+        first, second = (task_name(zeros, seed) for seed in (1, 2))
         cases[f"{zeros:g}"] = (lambda a=first: net.set_task(a), lambda b=second: net.set_task(b))
     times = interleaved(cases, device, plan.warmup, plan.reps)
     ratio = ratios(times, "copy")

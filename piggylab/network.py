@@ -305,8 +305,9 @@ class PiggybackNet(nn.Module):
     def set_task(self, name: str) -> None:
         """Make `name` the task the network computes. A frozen task's masked weights are
         computed now, into one flat buffer reused from switch to switch (`piggylab.switching`:
-        one pass over the flat weights and the task's flat mask); a task still holding scores masks at every forward, so the
-        buffer is freed (no stale copy of the weights is held while it trains)."""
+        one pass over the flat weights and the task's flat mask); a task still holding scores
+        masks at every forward, so the buffer is freed (no stale copy of the weights is held
+        while it trains)."""
         self._check_task(name)
         self.active_task = self._state.name = name
         self._state.merged = None  # until merged: no layer may read another task's weights
