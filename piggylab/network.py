@@ -188,15 +188,20 @@ class PiggybackNet(nn.Module):
         self.backbone = backbone
         self._state = ActiveTask()  # one for every task-aware layer: a switch is one assignment
         for slot, (layer, (module, attr)) in enumerate(self.masked_layers.items()):
-            self.parametrization(layer).state, self.parametrization(layer).slot = self._state, slot
+            weight = self.parametrization(layer)
+            weight.state, weight.slot = self._state, slot
             _read_merged_weights_directly(module, attr)
         for _, bn in self.batchnorms():
             bn.state = self._state
         self.heads.state = self._state
         self._flat = FlatWeights(self._original_weights())
         self.tasks: dict[str, Task] = {}
-        self.active_task: str | None = None
         self._fingerprint: str | None = None
+
+    @property
+    def active_task(self) -> str | None:
+        """The task the network computes (`set_task`), or None before the first task."""
+        return self._state.name
 
     # -- structure -------------------------------------------------------------------
     def parametrization(self, layer: str) -> MaskedWeight:
@@ -309,7 +314,7 @@ class PiggybackNet(nn.Module):
         masks at every forward, so the buffer is freed (no stale copy of the weights is held
         while it trains)."""
         self._check_task(name)
-        self.active_task = self._state.name = name
+        self._state.name = name
         self._state.merged = None  # until merged: no layer may read another task's weights
         if self.is_frozen(name):
             self._merge()
@@ -336,8 +341,7 @@ class PiggybackNet(nn.Module):
                 del bn.per_task[name]
         del self.tasks[name]
         if self.active_task == name:
-            self.active_task = self._state.name = None
-            self._state.merged = None
+            self._state.name, self._state.merged = None, None
             remaining = list(self.tasks)
             if remaining:
                 self.set_task(remaining[0])
