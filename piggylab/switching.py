@@ -31,6 +31,11 @@ def _views(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
     return [part.view(w.shape) for part, w in zip(flat.split([w.numel() for w in like]), like)]
 
 
+def _concatenated(tensors: list[Tensor]) -> Tensor:
+    """A new flat tensor holding the values of `tensors`, in order (no autograd history)."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
 def _check_one_device_and_dtype(weights: list[Tensor]) -> None:
     """One flat tensor has one device and one dtype: refuse weights that do not."""
     kinds = {(w.device, w.dtype) for w in weights}
@@ -45,9 +50,7 @@ def flat_copies(weights: list[Tensor]) -> list[nn.Parameter]:
     if not weights:
         return []
     _check_one_device_and_dtype(weights)
-    with torch.no_grad():
-        flat = torch.cat([w.detach().reshape(-1) for w in weights])
-    return [nn.Parameter(view, requires_grad=False) for view in _views(flat, weights)]
+    return [nn.Parameter(view, requires_grad=False) for view in _views(_concatenated(weights), weights)]
 
 
 def _flat_base(tensors: list[Tensor]) -> Tensor | None:
@@ -144,8 +147,7 @@ def flatten(tensors: list[Tensor]) -> Tensor:
     values are held once and every parameter or buffer object stays the same."""
     flat = _flat_base(tensors)
     if flat is None:
-        with torch.no_grad():
-            flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        flat = _concatenated(tensors)
         for tensor, view in zip(tensors, _views(flat, tensors)):
             tensor.data = view
     return flat
