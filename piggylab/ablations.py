@@ -1,23 +1,22 @@
 """The paper's comparisons as experiments: PackNet runs, backbone initialisation, task order.
 
 Piggyback's claims (paper §4-§5) are comparisons, and each one is a function here returning
-tidy result rows (one row per task and variant, the columns of `piggylab.experiments.run_method`
+tidy result rows (one row per task and variant, the columns of `piggylab.experiments.run`
 plus the variant's own):
 
 - `packnet_config(recipe, epochs=...)`: PackNet's hyper-parameters beside `train_config`'s.
 - `run_packnet(backbone, tasks, config)`: the PackNet baseline (Mallya & Lazebnik, CVPR 2018):
   the tasks packed into one network in the given order (`piggylab.packnet`).
-- `backbone_init_ablation(variants, tasks, config)`: piggyback masks learned over differently
+- `backbone_init_ablation(variants, tasks, spec)`: piggyback masks learned over differently
   initialised copies of one architecture (`init_variants`: the pretrained backbone, random
-  weights as in a supermask, a briefly pretrained early checkpoint). The paper's point: masks
-  need a well-initialised backbone.
-- `task_order_ablation(backbone, tasks, orders, ...)`: piggyback and PackNet trained in several
-  task orders. A piggyback task's accuracy is the same in every order (the backbone never
-  changes and each task is seeded by its name's position in `tasks`, not by its turn); a
-  PackNet task's depends on its turn.
+  weights as in a supermask, a briefly pretrained early checkpoint). The paper's point (§5.1):
+  masks need a well-initialised backbone.
+- `packnet_orders(backbone, tasks, config, orders)`: PackNet in several task orders; a PackNet
+  task's accuracy depends on its turn. Piggyback's side of the order question is
+  `piggylab.experiments.order_check`.
 
 This module trains through `piggylab.experiments`, `piggylab.train` and `piggylab.packnet`;
-it does not write files (`piggylab.runs`) or draw (`piggylab.plots`).
+it does not write files (`piggylab.notebook`) or draw (`piggylab.plots`).
 """
 
 from __future__ import annotations
@@ -35,16 +34,13 @@ import torch
 from torch import nn
 
 from .backbones import TINY_CHECKPOINT, TinyResNet, load_tiny_backbone
+from .cache import RunCache
 from .datasets import TaskData, make_loaders
-from .experiments import run_method, train_config
-from .network import PiggybackNet
+from .experiments import RunSpec, run, train_config
 from .packnet import PackNet, PackNetConfig, train_packnet
+from .piggyback import PiggybackNet
 from .pretrain import pretrain_tiny_backbone, record_path
-from .train import TrainConfig, evaluate
-
-def task_seeds(tasks: Sequence[TaskData], seed: int) -> dict[str, int]:
-    """One seed per task, by its position in `tasks` (not by its turn in an order)."""
-    return {data.name: seed + i for i, data in enumerate(tasks)}
+from .train import evaluate
 
 
 PACKNET_RECIPES: dict[str, dict[str, Any]] = {
@@ -64,7 +60,7 @@ def packnet_config(recipe: str = "embedded", *, epochs: int | None = None, **ove
 
 
 def run_packnet(backbone: nn.Module, tasks: Sequence[TaskData], config: PackNetConfig, *, bn: str = "task",
-                seeds: Mapping[str, int] | None = None, batch_size: int = 64,
+                seeds: Mapping[str, int] | None = None, batch_size: int = 32,
                 progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pack `tasks` into one PackNet over a copy of `backbone`, in the order given (PackNet §3).
 
@@ -84,7 +80,8 @@ def run_packnet(backbone: nn.Module, tasks: Sequence[TaskData], config: PackNetC
         net.add_task(data.name, data.num_classes, class_names=list(data.classes), seed=task_config.seed)
         start = time.perf_counter()
         history = train_packnet(net, data.name, train, val, task_config, progress=progress)
-        rows.append({"task": data.name, "method": "packnet", "val_accuracy": float(history["val_acc"].iloc[-1]),
+        rows.append({"task": data.name, "method": "packnet", "label": "packnet", "seed": task_config.seed,
+                     "classes": data.num_classes, "val_accuracy": float(history["val_acc"].iloc[-1]),
                      "train_accuracy": float(history["train_acc"].iloc[-1]), "epochs": task_config.epochs,
                      "retrain_epochs": task_config.retrain_epochs, "prune_fraction": task_config.prune_fraction,
                      "train_s": round(time.perf_counter() - start, 2)})
@@ -165,19 +162,22 @@ def init_variants(pretrained: nn.Module, *, source_accuracy: float | None = None
     return variants
 
 
-def backbone_init_ablation(variants: Sequence[BackboneVariant], tasks: Sequence[TaskData], config: TrainConfig, *,
-                           task_bn: bool = False, batch_size: int = 64, progress: bool = False) -> pd.DataFrame:
+def backbone_init_ablation(variants: Sequence[BackboneVariant], tasks: Sequence[TaskData], spec: RunSpec, *,
+                           batch_size: int = 32, cache: RunCache | None = None,
+                           progress: bool = False) -> pd.DataFrame:
     """Piggyback (paper §3) on every task over every backbone variant; one row per (task, variant).
 
-    Rows: `run_method`'s (task, method, accuracy, sparsity, ...) plus variant and
-    source_accuracy. Paper §5: "a well-initialised backbone is essential".
+    Rows: `run`'s (task, method, accuracy, sparsity, ...) plus ``backbone_variant`` and
+    ``source_accuracy``, and ``experiment`` = ``backbone_init``. Paper §5.1: "a well-initialised
+    backbone is essential". With a `cache`, the pretrained variant's runs are the standard ones.
     """
     rows = []
     for variant in variants:
         net = PiggybackNet(variant.model, backbone_name=variant.name)
         for data in tasks:
-            row, _ = run_method(net, data, config, task_bn=task_bn, batch_size=batch_size, progress=progress)
-            rows.append({**row, "variant": variant.name, "source_accuracy": variant.source_accuracy})
+            result = run(net, data, spec, batch_size=batch_size, cache=cache, progress=progress)
+            rows.append({**result.row, "backbone_variant": variant.name, "source_accuracy": variant.source_accuracy,
+                         "experiment": "backbone_init"})
     return pd.DataFrame(rows)
 
 
@@ -187,44 +187,29 @@ def default_orders(tasks: Sequence[TaskData]) -> dict[str, list[str]]:
     return {"forward": names, "reversed": names[::-1]}
 
 
-def task_order_ablation(backbone: nn.Module, tasks: Sequence[TaskData], *, piggyback: TrainConfig | None,
-                        packnet: PackNetConfig | None, orders: Mapping[str, Sequence[str]] | None = None,
-                        packnet_bn: str = "task", batch_size: int = 64,
-                        progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train every task in every order, by piggyback (one `PiggybackNet`) and by PackNet.
-
-    A method given as None is skipped. `orders`: label -> task names (default: `default_orders`).
-    Each task's seed comes from `task_seeds` (its place in `tasks`), whatever its turn, so any
-    difference between orders is the order's doing. Returns ``(rows, histories)``: result rows
-    with order and position columns added, and the stacked training histories with
-    task, method and order columns.
-    """
+def packnet_orders(backbone: nn.Module, tasks: Sequence[TaskData], config: PackNetConfig, *,
+                   orders: Mapping[str, Sequence[str]] | None = None, bn: str = "task", batch_size: int = 32,
+                   progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """PackNet with the tasks added in every order of `orders` (label -> task names; default
+    `default_orders`). Each task keeps ``config.seed`` whatever its turn, so any difference
+    between the orders is the order's doing. Returns ``(rows, histories)``: `run_packnet`'s
+    rows with ``order`` and ``label`` (``packnet (<order> order)``) columns, and the stacked
+    histories with an ``order`` column."""
     by_name = {data.name: data for data in tasks}
     orders = dict(orders or default_orders(tasks))
     for label, order in orders.items():
         if sorted(order) != sorted(by_name):
             raise ValueError(f"order {label!r} must list each of {sorted(by_name)} once, got {list(order)}")
-    seeds = task_seeds(tasks, (piggyback or packnet or PackNetConfig()).seed)
     rows, histories = [], []
     for label, order in orders.items():
-        sequence = [by_name[name] for name in order]
-        if piggyback is not None:
-            net = PiggybackNet(backbone, backbone_name="piggyback")
-            for position, data in enumerate(sequence, start=1):
-                row, history = run_method(net, data, replace(piggyback, seed=seeds[data.name]), batch_size=batch_size,
-                                          progress=progress)
-                rows.append({**row, "order": label, "position": position})
-                histories.append(history.assign(method="piggyback", order=label))
-        if packnet is not None:
-            packed, history = run_packnet(backbone, sequence, packnet, bn=packnet_bn, seeds=seeds,
-                                          batch_size=batch_size, progress=progress)
-            rows += packed.assign(order=label).to_dict("records")
-            histories.append(history.assign(method="packnet", order=label))
-    return pd.DataFrame(rows), pd.concat(histories, ignore_index=True)
+        packed, history = run_packnet(backbone, [by_name[name] for name in order], config, bn=bn,
+                                      batch_size=batch_size, progress=progress)
+        rows.append(packed.assign(order=label, label=f"packnet ({label} order)"))
+        histories.append(history.assign(order=label))
+    return pd.concat(rows, ignore_index=True), pd.concat(histories, ignore_index=True)
 
 
 def order_spread(rows: pd.DataFrame) -> pd.DataFrame:
     """Per method and task: the accuracy in each order, and the largest difference between orders."""
     table = rows.pivot_table(index=["method", "task"], columns="order", values="accuracy", sort=False)
     return table.assign(spread=table.max(axis=1) - table.min(axis=1)).reset_index()
-

@@ -8,13 +8,13 @@ from __future__ import annotations
 import pandas as pd
 from torch import nn
 
-from .network import PiggybackNet
+from .piggyback import PiggybackNet
 from .storage import task_bytes
 
 SPARSITY_COLUMNS = ["layer", "depth", "kind", "weights", "zeros", "sparsity"]
 
 
-def _layer_kind(module: nn.Module, attr: str) -> str:
+def _layer_kind(module: nn.Module) -> str:
     if isinstance(module, nn.Conv2d):
         return "depthwise conv" if module.groups > 1 and module.groups == module.in_channels else "conv"
     return "attention" if isinstance(module, nn.MultiheadAttention) else "linear"
@@ -28,9 +28,9 @@ def layer_sparsity(net: PiggybackNet, task: str) -> pd.DataFrame:
     """
     rows = []
     for depth, (layer, mask) in enumerate(net.masks(task).items()):
-        module, attr = net.masked_layers[layer]
+        wrapper, _ = net.masked_layers[layer]
         zeros = mask.numel() - int(mask.count_nonzero())
-        rows.append({"layer": layer, "depth": depth, "kind": _layer_kind(module, attr), "weights": mask.numel(),
+        rows.append({"layer": layer, "depth": depth, "kind": _layer_kind(wrapper.base_layer), "weights": mask.numel(),
                      "zeros": zeros, "sparsity": zeros / mask.numel()})
     return pd.DataFrame(rows, columns=SPARSITY_COLUMNS)
 

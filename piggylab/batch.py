@@ -54,6 +54,7 @@ from typing import Any
 
 import yaml
 
+from .io import write_json
 from .report import MetricsError, build_report, read_metrics
 
 GRID_KEYS = ("description", "output", "notebooks_dir", "workers", "defaults", "runs")
@@ -318,12 +319,6 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
-def _write_json(path: Path, value: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    tmp.replace(path)
-
-
 def _error_text(exc: BaseException) -> tuple[str, str]:
     """(one line, full text) for a failed run; a notebook error shows the cell's traceback."""
     from papermill.exceptions import PapermillExecutionError
@@ -342,7 +337,7 @@ def record_failure(run: Run, summary: str, details: str, seconds: float = 0.0) -
         (run.run_dir / "metrics.json").replace(run.run_dir / "metrics.failed.json")
     (run.run_dir / "error.txt").write_text(details if details.strip() else summary + "\n")
     info = json.loads((run.run_dir / "run.json").read_text()) if (run.run_dir / "run.json").exists() else {}
-    _write_json(run.run_dir / "run.json", {**_run_info(run), **info, "status": "failed", "error": summary,
+    write_json(run.run_dir / "run.json", {**_run_info(run), **info, "status": "failed", "error": summary,
                                            "seconds": round(seconds, 2), "finished": _now()})
     return RunOutcome(run.run_id, run.notebook, "failed", seconds, summary)
 
@@ -367,7 +362,7 @@ def execute_run(run: Run) -> RunOutcome:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("error.txt", "metrics.failed.json"):
         (run.run_dir / stale).unlink(missing_ok=True)
-    _write_json(run.run_dir / "run.json", {**_run_info(run), "status": "running", "started": _now(),
+    write_json(run.run_dir / "run.json", {**_run_info(run), "status": "running", "started": _now(),
                                            "host": socket.gethostname()})
     start = time.perf_counter()
     try:
@@ -388,7 +383,7 @@ def execute_run(run: Run) -> RunOutcome:
     except MetricsError as exc:
         return record_failure(run, str(exc), str(exc), seconds)
     info = json.loads((run.run_dir / "run.json").read_text())
-    _write_json(run.run_dir / "run.json", {**info, "status": "ok", "seconds": round(seconds, 2), "finished": _now()})
+    write_json(run.run_dir / "run.json", {**info, "status": "ok", "seconds": round(seconds, 2), "finished": _now()})
     return RunOutcome(run.run_id, run.notebook, "ok", seconds)
 
 
@@ -451,7 +446,7 @@ def run_batch(grid: Grid | str | Path, *, scheduler: str = "local", workers: int
         grid = load_grid(grid)
     workers = workers or grid.workers
     grid.output.mkdir(parents=True, exist_ok=True)
-    _write_json(grid.output / "batch.json", {"name": grid.name, "description": grid.description,
+    write_json(grid.output / "batch.json", {"name": grid.name, "description": grid.description,
                                              "runs": [r.run_id for r in grid.runs], "updated": _now()})
     outcomes = {r.run_id: RunOutcome(r.run_id, r.notebook, "skipped") for r in grid.runs if r.done}
     pending = [r for r in grid.runs if not r.done]

@@ -48,14 +48,12 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from .backbones import tiny_resnet
-from .network import PiggybackNet
+from .piggyback import PiggybackNet
 from .storage import FORMATS, mask_bits_per_weight, save_task
 from .train import make_optimizer
 
-METHODS = ("finetune", "piggyback", "piggyback_keep", "classifier")
-"""Training methods timed against each other; the first is the baseline. `piggyback` is the
-default network (masked weights remade in backward); `piggyback_keep` is
-``PiggybackNet(recompute=False)``, which keeps each masked weight for backward."""
+METHODS = ("finetune", "piggyback", "classifier")
+"""Training methods timed against each other; the first is the baseline."""
 
 TARGETS = {
     "train_step": {"cpu": 1.10, "cuda": 1.05},  # piggyback / finetune, at most
@@ -178,14 +176,8 @@ def training_setup(net: PiggybackNet, method: str) -> tuple[nn.Module, torch.opt
     return net.train(), make_optimizer("adam", net.task_parameters(task), lr=1e-4), task
 
 
-def activate(net: PiggybackNet, method: str, task: str) -> None:
-    """Make `task` active, with masked weights kept for backward for `piggyback_keep` only."""
-    net.set_task(task)
-    net.recompute = method != "piggyback_keep"
-
-
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, device: torch.device) -> None:
-    """One step in the order of `piggylab.train.train_one_epoch`."""
+    """One step in the order of `piggylab.train.Trainer.fit`."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(device):
         loss = F.cross_entropy(model(x), y)
@@ -233,7 +225,7 @@ def bench_train_step(workload: Workload, device: torch.device, plan: Plan) -> di
     for method in METHODS:
         model, optimizer, task = training_setup(net, method)
         model.to(device)
-        prepare = (lambda method=method, task=task: activate(net, method, task)) if task else no_op
+        prepare = (lambda task=task: net.set_task(task)) if task else no_op
         cases[method] = (prepare, lambda m=model, o=optimizer: train_step(m, o, x, y, device))
     times = interleaved(cases, device, plan.warmup, plan.reps)
     ratio = ratios(times, "finetune")
@@ -290,7 +282,7 @@ def memory_probe(workload: Workload, method: str, device: torch.device, steps: i
         del net
         gc.collect()
     else:
-        activate(net, method, task)
+        net.set_task(task)
     model.to(device)
     for _ in range(steps):
         train_step(model, optimizer, x, y, device)

@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
-from .storage import atomic_open
+from .io import atomic_open
 
 __all__ = [
     "EMBEDDED_SOURCE", "EMBEDDED_TASKS", "PAPER_DATASETS", "GLYPHS_MEAN", "GLYPHS_STD", "IMAGENET_MEAN",
@@ -215,6 +215,9 @@ class TaskData:
     mean: tuple[float, float, float] = GLYPHS_MEAN
     std: tuple[float, float, float] = GLYPHS_STD
     image_size: int = IMAGE_SIZE
+    origin: dict[str, Any] = field(default_factory=dict)
+    """Where the data came from (generator seed and sizes, or folder and subset): with the name,
+    what identifies it (the run cache's key uses it)."""
 
     @property
     def num_classes(self) -> int:
@@ -628,7 +631,8 @@ def embedded_task(name: str, *, seed: int = 0, sizes: dict[str, int] | None = No
     for split in _SPLITS:
         x, y = sketch[split] if sketch is not None else _split_tensors(name, split, int(seed), n[split])
         splits[split] = ArrayDataset(x, y, classes, augment=(split == "train"))
-    return TaskData(name, splits["train"], splits["val"], splits["test"], classes, spec.description, spec.mirrors)
+    return TaskData(name, splits["train"], splits["val"], splits["test"], classes, spec.description, spec.mirrors,
+                    origin={"embedded": name, "seed": int(seed), "sizes": n})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -778,7 +782,7 @@ def paper_task(name: str, root: str | Path, *, weights_transforms: Any = None, v
     train_idx, val_idx = _stratified_split(targets, val_fraction, seed)
     return TaskData(name, Subset(train_full, train_idx), Subset(eval_full, val_idx), test, classes,
                     f"The paper's {name} dataset read from {root}.", name, mean=mean, std=std,  # type: ignore[arg-type]
-                    image_size=crop)
+                    image_size=crop, origin={"root": str(root.resolve()), "seed": int(seed), "val_fraction": val_fraction})
 
 
 def _torchvision_layout(name: str, root: Path, train_tf: Any, eval_tf: Any) -> tuple[Any, ...] | None:
@@ -841,6 +845,7 @@ def load_data(name: str, *, root: str | Path | None = None, seed: int = 0, scale
             ds = getattr(data, split)
             keep = torch.randperm(len(ds), generator=g)[: max(1, round(len(ds) * scale))]
             setattr(data, split, Subset(ds, sorted(keep.tolist())))
+        data.origin["scale"] = float(scale)
     return data
 
 

@@ -1,37 +1,42 @@
-"""Experiments: train one task by one method and measure it; the building block of the notebooks.
+"""Experiments: one run (one task trained by one method), measured and cached; the notebooks' building block.
 
-- `train_config(method, recipe, epochs=...)`: a `TrainConfig` from a named recipe, either the
-  lab's `embedded` one (short runs on the embedded tasks) or the paper's (`paper_recipe`).
-- `run_method(net, data, config, ...)`: add a task to a `PiggybackNet`, train it by the
-  config's method (piggyback, classifier-only, fine-tuning), evaluate it on the test split and
-  return one result row (task, method, accuracy, sparsity, storage_bytes, ...) and its history.
-- `compare_methods(net, data, {label: options})`: several `run_method` calls on one task,
-  their rows as a DataFrame and their histories stacked with a `run` column (what
-  `piggylab.plots.training_curves` draws).
-- Parameter rules for the notebooks' `check_parameters` (`PARAMETER_RULES`, `positive_int`,
-  ...) and their smoke-test sizes (`SMOKE`).
+- `train_config(method, recipe, ...)`: a `TrainConfig` from a named recipe, the lab's
+  `embedded` one (short CPU runs, chosen on validation splits: data/README.md) or the
+  paper's (`paper_recipe`).
+- `RunSpec`: one run's method, label, training and mask settings.
+- `run(net, data, spec, cache=...)`: train `data` as a new task of `net` (or read the finished
+  run from the batch's `piggylab.cache.RunCache`), evaluate it on the test split and return
+  a `RunResult`: one result row and the training history. The same function serves every
+  notebook and the explorer.
+- `compare(net, data, specs)`: several runs on one task, as a table and stacked histories.
 
-This module does not write files (`piggylab.runs` does), draw (`piggylab.plots`) or hold a
-training loop (`piggylab.train`).
+Result rows keep `method` (what trained: piggyback, classifier, finetune, packnet) apart from
+`label` (the run's name in a table or a figure, e.g. "piggyback + task BN"). This module does
+not write notebook outputs (`piggylab.notebook`), draw (`piggylab.plots`) or hold a training
+loop (`piggylab.train`).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from .analysis import finetuned_bytes, overall_sparsity
+from .cache import RunCache, run_key
+from .checks import check_choice
 from .datasets import EMBEDDED_TASKS, PAPER_DATASETS, TaskData, make_loaders
-from .masks import MaskConfig, check_choice
-from .network import PiggybackNet
-from .storage import task_bytes
-from .train import PAPER_BATCH_SIZE, Trainer, TrainConfig, evaluate, paper_recipe
+from .masked import MaskConfig
+from .piggyback import PiggybackNet
+from .storage import load_task, task_bytes
+from .train import PAPER_BATCH_SIZE, TrainConfig, evaluate, fit_task, paper_recipe
 
 if TYPE_CHECKING:
     from .plots import LiveCurve
@@ -39,24 +44,24 @@ if TYPE_CHECKING:
 RECIPES = ("embedded", "paper")
 
 EMBEDDED_RECIPES: dict[str, dict[str, Any]] = {
-    "piggyback": {"lr": 1e-2, "lr_scores": 2e-4},
+    "piggyback": {"lr": 1e-2, "lr_scores": 1e-4},
     "classifier": {"lr": 1e-2},
-    "finetune": {"lr": 1e-2, "optimizer": "sgd"},
+    "finetune": {"lr": 1e-3, "optimizer": "adam"},
 }
-"""Learning rates per method on the embedded tasks (Adam for scores and heads, SGD for
-fine-tuning), among the candidates of ``scripts/embedded_results.py``, chosen on validation
-accuracy of short runs. Scores move by about `lr_scores` per Adam step and start 5e-3 above the
-threshold, so a much larger `lr_scores` (1e-3) wipes out a third of the mask within a few steps."""
+"""Learning rates per method on the embedded tasks, chosen on validation accuracy (data/README.md)."""
 
 EMBEDDED_DECAY_AT = 2 / 3
 """Embedded recipe: the learning rate drops x0.1 after this fraction of the epochs (the
 paper's recipe drops it halfway, after 15 of 30)."""
 
-RECIPE_EPOCHS = {"embedded": 4, "paper": 30}
+RECIPE_EPOCHS = {"embedded": 6, "paper": 30}
 """Epochs of each recipe (a notebook's ``epochs=None``)."""
 
-RECIPE_BATCH_SIZE = {"embedded": 64, "paper": PAPER_BATCH_SIZE}
+RECIPE_BATCH_SIZE = {"embedded": 32, "paper": PAPER_BATCH_SIZE}
 """Batch size of each recipe (a notebook's ``batch_size=None``)."""
+
+EMBEDDED_SCALE = 0.5
+"""Size of an embedded task in the notebooks, times its defaults (1500 train / 250 val / 500 test images)."""
 
 SMOKE: dict[str, Any] = {"data_scale": 0.02, "epochs": 1, "batch_size": 32}
 """What ``smoke=True`` sets in every notebook: a few dozen images, one epoch."""
@@ -69,9 +74,8 @@ def train_config(method: str = "piggyback", recipe: str = "embedded", *, epochs:
                  **overrides: Any) -> TrainConfig:
     """The `TrainConfig` of `method` under a named recipe, with `epochs` and any field overridden.
 
-    `embedded`: `EMBEDDED_RECIPES`, 4 epochs, lr x0.1 after 2/3 of them. `paper`: the paper's
-    hyper-parameters (`paper_recipe`), 30 epochs, lr x0.1 halfway. A given `epochs` moves the
-    decay with it.
+    `embedded`: `EMBEDDED_RECIPES`, lr x0.1 after 2/3 of the epochs. `paper`: the paper's
+    hyper-parameters (`paper_recipe`), lr x0.1 halfway. A given `epochs` moves the decay with it.
     """
     check_choice(recipe, RECIPES, "recipe")
     epochs = epochs or RECIPE_EPOCHS[recipe]
@@ -85,16 +89,13 @@ def train_config(method: str = "piggyback", recipe: str = "embedded", *, epochs:
 
 
 def resolve_sizes(recipe: str, *, smoke: bool, data_scale: float | None, epochs: int | None, batch_size: int | None,
-                  embedded: bool, embedded_scale: float) -> tuple[float, int, int]:
-    """The (data_scale, epochs, batch_size) a notebook runs with.
-
-    A smoke run takes `SMOKE`'s. Otherwise a None is replaced by its default: `embedded_scale`
-    for the embedded tasks (the notebook's CPU budget), all of a paper dataset, and the
-    recipe's epochs and batch size.
-    """
+                  embedded: bool) -> tuple[float, int, int]:
+    """The (data_scale, epochs, batch_size) a notebook runs with: `SMOKE`'s for a smoke run,
+    otherwise each None replaced by its default (`EMBEDDED_SCALE` of an embedded task, all of
+    a paper dataset; the recipe's epochs and batch size)."""
     if smoke:
         return SMOKE["data_scale"], SMOKE["epochs"], SMOKE["batch_size"]
-    return (data_scale or (embedded_scale if embedded else 1.0), epochs or RECIPE_EPOCHS[recipe],
+    return (data_scale or (EMBEDDED_SCALE if embedded else 1.0), epochs or RECIPE_EPOCHS[recipe],
             batch_size or RECIPE_BATCH_SIZE[recipe])
 
 
@@ -103,145 +104,173 @@ def task_name(*parts: str) -> str:
     return "-".join(re.sub(r"[^A-Za-z0-9_]+", "_", p).strip("_") or "_" for p in parts)
 
 
-def run_method(net: PiggybackNet, data: TaskData, config: TrainConfig, *, label: str | None = None,
-               mask: MaskConfig | None = None, task_bn: bool = False, name: str | None = None,
-               loaders: tuple[DataLoader, DataLoader, DataLoader] | None = None, batch_size: int = 64,
-               callbacks: Mapping[str, Callable] | None = None, progress: bool = False) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Train `data` as a new task of `net` by ``config.method``; return ``(row, history)``.
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a task: how it trains (`config`, whose method and BN mode it takes), its mask
+    (piggyback) and the `label` naming it in tables (default: the method, "+ task BN" added)."""
 
-    The task is added as `name` (default ``data.name``) with head and scores seeded by
-    ``config.seed``, so it trains the same whatever other tasks `net` holds. `classifier`
-    trains the head (and task BN) over the all-ones mask; `finetune` trains a full copy of the
-    network, and the task is removed from `net` afterwards (only piggyback and classifier
-    tasks live in the shared network). `row`: task, method (`label`, default the method),
-    name, accuracy (test), val_accuracy, train_accuracy, sparsity (and initial_sparsity, before
-    training: not 0 for a random score init), storage_bytes (piggyback:
-    its task file at 1 bit per weight, head and BN included; classifier: head and BN;
-    finetune: a float32 copy of the network), epochs, train_s and the mask settings.
-    `history` is the trainer's, with `run` (= method label) and `task` columns added.
+    config: TrainConfig
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    label: str | None = None
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def task_bn(self) -> bool:
+        return self.config.bn_mode == "task"
+
+    @property
+    def name(self) -> str:
+        if self.label is not None:
+            return self.label
+        return self.method + (" + task BN" if self.task_bn and self.method != "finetune" else "")
+
+
+@dataclass
+class RunResult:
+    """What `run` returns: the result row, the training history (with `label` and `task`
+    columns) and whether it was read from the cache."""
+
+    row: dict[str, Any]
+    history: pd.DataFrame
+    cached: bool
+
+
+def _spec_record(net: PiggybackNet, data: TaskData, spec: RunSpec, batch_size: int) -> dict[str, Any]:
+    """Everything that determines a run, for its cache key (the device is not: results agree)."""
+    config = {k: v for k, v in asdict(spec.config).items() if k != "device"}
+    return {"backbone": net.fingerprint(), "task": data.name, "origin": data.origin, "sizes": data.sizes(),
+            "config": config, "mask": asdict(spec.mask) if spec.method == "piggyback" else None,
+            "batch_size": batch_size}
+
+
+def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, name: str | None = None,
+        loaders: tuple[DataLoader, DataLoader, DataLoader] | None = None, batch_size: int = 32,
+        cache: RunCache | None = None, callbacks: Mapping[str, Callable] | None = None,
+        progress: bool = False) -> RunResult:
+    """Train `data` as task `name` (default ``data.name``) of `net` by `spec`; see the module docstring.
+
+    The task's head and scores are seeded by the config's seed, so it trains the same whatever
+    other tasks `net` holds. `classifier` trains the head (and task BN) over the all-ones mask;
+    `finetune` trains a full copy of the network and leaves nothing in `net`. With a `cache`,
+    a finished run is read back (its task loaded into `net` from its task file) instead of
+    trained again. The row: task, method, label, name, bn_mode, mask settings, epochs, seed,
+    accuracy (test), val_accuracy, train_accuracy, sparsity (zeros in the final mask),
+    initial_sparsity (before training), negated (ternary: -1 entries), storage_bytes
+    (piggyback: its task file; classifier: head and BN; finetune: a float32 network), train_s.
     """
     name = name or data.name
-    label = label or config.method
+    key = run_key(_spec_record(net, data, spec, batch_size)) if cache is not None else None
+    if cache is None:
+        row, history = _train(net, data, spec, name, loaders, batch_size, callbacks, progress)
+        return RunResult(row, history, cached=False)
+    with cache.lock(key):
+        hit = cache.get(key)
+        if hit is None:
+            row, history = _train(net, data, spec, name, loaders, batch_size, callbacks, progress)
+            file = task_bytes(net, name) if spec.method != "finetune" else None
+            cache.put(key, _spec_record(net, data, spec, batch_size), row, history, file)
+            return RunResult(row, history, cached=False)
+    if hit.task_file is not None:
+        load_task(net, hit.task_file, name=name)
+    return RunResult({**hit.row, "name": name}, hit.history, cached=True)
+
+
+def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, name: str,
+           loaders: tuple[DataLoader, DataLoader, DataLoader] | None, batch_size: int,
+           callbacks: Mapping[str, Callable] | None, progress: bool) -> tuple[dict[str, Any], pd.DataFrame]:
+    config = spec.config
     train, val, test = loaders or make_loaders(data, batch_size=batch_size, seed=config.seed)
-    net.add_task(name, data.num_classes, mask=mask, task_bn=task_bn, class_names=list(data.classes), seed=config.seed)
+    mask = spec.mask if spec.method == "piggyback" else MaskConfig()
+    net.add_task(name, data.num_classes, mask=mask, task_bn=spec.task_bn, class_names=list(data.classes),
+                 seed=config.seed)
     initial_sparsity = overall_sparsity(net, name)
-    trainer = Trainer(config, progress=progress)
-    for event, fn in (callbacks or {}).items():
-        trainer.add_callback(event, fn)
     start = time.perf_counter()
-    history = trainer.fit(net, name, train, val)
+    model, history = fit_task(net, name, train, val, config, progress=progress, callbacks=callbacks)
     seconds = time.perf_counter() - start
-    model = trainer.model if config.method == "finetune" else net
-    accuracy = evaluate(model, test, task=None if config.method == "finetune" else name, device=config.device,
-                        amp=config.amp)
-    state_bytes = sum(4 * t.numel() for t in net.task_state(name).values())
-    storage = {"piggyback": lambda: len(task_bytes(net, name, "packed")), "classifier": lambda: state_bytes,
-               "finetune": lambda: finetuned_bytes(net, name)}[config.method]()
-    task = net.task(name)
-    row = {"task": data.name, "method": label, "name": name, "accuracy": accuracy,
-           "val_accuracy": float(history["val_acc"].iloc[-1]), "train_accuracy": float(history["train_acc"].iloc[-1]),
-           "sparsity": overall_sparsity(net, name) if config.method == "piggyback" else 0.0,
-           "initial_sparsity": initial_sparsity if config.method == "piggyback" else 0.0,
-           "storage_bytes": storage, "epochs": config.epochs, "train_s": round(seconds, 2),
-           "mask_kind": task.mask.kind, "threshold": task.mask.threshold, "init": task.mask.init,
-           "init_scale": task.mask.init_scale, "task_bn": task.task_bn or config.method == "finetune"}
-    if config.method == "finetune":
+    finetune = spec.method == "finetune"
+    accuracy = evaluate(model, test, task=None if finetune else name, device=config.device, amp=config.amp)
+    if finetune:
+        storage = finetuned_bytes(net, name)
+    elif spec.method == "classifier":
+        storage = sum(4 * t.numel() for t in net.task_state(name).values())
+    else:
+        storage = len(task_bytes(net, name))
+    pig = spec.method == "piggyback"
+    masks = net.masks(name).values() if pig else ()
+    row = {"task": data.name, "method": spec.method, "label": spec.name, "name": name,
+           "bn_mode": "task" if spec.task_bn or finetune else "frozen",
+           "mask_kind": mask.kind, "threshold": mask.threshold, "init": mask.init, "init_scale": mask.init_scale,
+           "lr": config.lr, "lr_scores": config.lr_scores if pig else None, "epochs": config.epochs,
+           "steps": int(history["step"].iloc[-1]), "seed": config.seed, "classes": data.num_classes,
+           "test_images": len(test.dataset),
+           "accuracy": accuracy, "val_accuracy": float(history["val_acc"].iloc[-1]),
+           "train_accuracy": float(history["train_acc"].iloc[-1]),
+           "sparsity": overall_sparsity(net, name) if pig else 0.0, "initial_sparsity": initial_sparsity if pig else 0.0,
+           "negated": sum(int((m < 0).sum()) for m in masks) / net.num_masked_weights if pig else 0.0,
+           "storage_bytes": storage, "train_s": round(seconds, 2)}
+    if finetune:
         net.remove_task(name)
-    return row, history.assign(run=label, task=data.name)
+    return row, history.assign(label=spec.name, task=data.name)
 
 
-def compare_methods(net: PiggybackNet, data: TaskData, runs: Mapping[str, Mapping[str, Any]], *,
-                    batch_size: int = 64, live: LiveCurve | None = None,
-                    progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train `data` once per entry of `runs` (label -> `run_method` keyword arguments, at least
-    ``config``); return the result rows and the stacked histories.
+def compare(net: PiggybackNet, data: TaskData, specs: Sequence[RunSpec], *, batch_size: int = 32,
+            cache: RunCache | None = None, live: LiveCurve | None = None,
+            progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`run` each of `specs` on `data`; return the result rows and the stacked histories.
 
-    Each run is a task of `net` named ``<task>-<label>``, trained on the same batches; `live`
-    (a `piggylab.plots.LiveCurve`) draws them as they train, as ``<task>: <label>``.
+    Each run is a task of `net` named ``<task>-<label>``; `live` (a `piggylab.plots.LiveCurve`)
+    draws them as they train, as ``<task>: <label>``.
     """
-    loaders = make_loaders(data, batch_size=batch_size, seed=0)
-    rows, histories = [], []
-    for label, options in runs.items():
-        callbacks = live.callbacks(f"{data.name}: {label}") if live is not None else None
-        row, history = run_method(net, data, label=label, name=task_name(data.name, label), loaders=loaders,
-                                  callbacks=callbacks, progress=progress, **options)
-        rows.append(row)
-        histories.append(history)
-    return pd.DataFrame(rows), pd.concat(histories, ignore_index=True)
+    results = []
+    for spec in specs:
+        callbacks = live.callbacks(f"{data.name}: {spec.name}") if live is not None else None
+        results.append(run(net, data, spec, name=task_name(data.name, spec.name), batch_size=batch_size, cache=cache,
+                           callbacks=callbacks, progress=progress))
+        if live is not None and results[-1].cached:
+            live.add_history(f"{data.name}: {spec.name}", results[-1].history)
+    return (pd.DataFrame([r.row for r in results]),
+            pd.concat([r.history for r in results], ignore_index=True))
+
+
+def copy_task(source: PiggybackNet, target: PiggybackNet, task: str) -> None:
+    """Add the frozen `task` of `source` to `target` (over the same backbone): its packed masks,
+    head and batchnorm, as loading its task file would."""
+    record = source.check_task(task)
+    if source.fingerprint() != target.fingerprint():
+        raise ValueError(f"cannot copy task {task!r}: the networks have different backbones "
+                         f"({source.fingerprint()} vs {target.fingerprint()})")
+    target.add_task(task, record.num_classes, mask=record.mask, task_bn=record.task_bn,
+                    class_names=record.class_names, activate=False)
+    target.set_masks(task, source.packed_masks(task), packed=True)
+    target.load_task_state(task, source.task_state(task))
+
+
+def order_check(net: PiggybackNet, backbone: nn.Module, data: TaskData, spec: RunSpec, *, batch_size: int = 32,
+                progress: bool = False) -> dict[str, Any]:
+    """Train `data` again, last this time: in a new network over `backbone` (the one `net`
+    wraps) that first receives every other task of `net` (`copy_task`), with the same spec.
+    The backbone never changes, so the mask must come out bit-for-bit the one `net` holds
+    for ``data.name``, with the same test accuracy (paper §1: task order does not matter).
+    Never read from a cache. Returns the run's row with ``order`` = ``trained last`` and
+    ``order_check``: ``identical`` or ``different``."""
+    other = PiggybackNet(backbone, backbone_name=net.backbone_name)
+    for name in net.tasks:
+        if name != data.name:
+            copy_task(net, other, name)
+    result = run(other, data, spec, batch_size=batch_size, progress=progress)
+    first = net.masks(data.name)
+    same = all(torch.equal(first[layer], mask) for layer, mask in other.masks(data.name).items())
+    before = evaluate(net, make_loaders(data, batch_size=batch_size, seed=spec.config.seed)[2], task=data.name,
+                      device=spec.config.device, amp=spec.config.amp)
+    identical = same and before == result.row["accuracy"]
+    return {**result.row, "label": f"{result.row['label']} (trained last)", "order": "trained last",
+            "tasks_before": len(other.tasks) - 1, "order_check": "identical" if identical else "different"}
 
 
 def accuracy_after_each(net: PiggybackNet, tasks: Iterable[str], test_loaders: Mapping[str, DataLoader], *,
                         device: str = "auto") -> list[dict[str, Any]]:
     """Test accuracy of each of `tasks` now: rows (task, accuracy) for an accuracy matrix."""
     return [{"task": t, "accuracy": evaluate(net, test_loaders[t], task=t, device=device)} for t in tasks]
-
-
-# -- notebook parameter rules (for piggylab.runs.check_parameters) ------------------------------
-
-def positive_int(value: Any) -> bool:
-    """an integer >= 1"""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def positive_number(value: Any) -> bool:
-    """a number > 0"""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and value == value
-
-
-def fraction(value: Any) -> bool:
-    """a number in (0, 1]"""
-    return positive_number(value) and value <= 1
-
-
-def known_backbone(value: Any) -> bool:
-    """'tiny' or a torchvision classifier name such as 'resnet50', 'vgg16', 'densenet121'"""
-    import torchvision
-
-    return isinstance(value, str) and (value == "tiny" or value in torchvision.models.list_models(module=torchvision.models))
-
-
-def known_device(value: Any) -> bool:
-    """'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'"""
-    return isinstance(value, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) is not None
-
-
-def optional(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    """`rule`, or None."""
-
-    def check(value: Any) -> bool:
-        return value is None or rule(value)
-
-    check.__doc__ = f"{rule.__doc__}, or None"
-    return check
-
-
-def optional_str(value: Any) -> bool:
-    """a string, or None"""
-    return value is None or isinstance(value, str)
-
-
-def non_empty_list_of(choices: Iterable[str]) -> Callable[[Any], bool]:
-    """A rule for a non-empty list of distinct values out of `choices`."""
-    choices = tuple(choices)
-
-    def check(value: Any) -> bool:
-        return isinstance(value, list) and len(value) > 0 and len(set(value)) == len(value) \
-            and all(v in choices for v in value)
-
-    check.__doc__ = f"a non-empty list of distinct values out of {', '.join(map(repr, choices))}"
-    return check
-
-
-def positive_numbers(value: Any) -> bool:
-    """a non-empty list of numbers > 0"""
-    return isinstance(value, list) and len(value) > 0 and all(positive_number(v) for v in value)
-
-
-PARAMETER_RULES: dict[str, Any] = {
-    "backbone": known_backbone, "weights": optional_str, "weights_path": optional_str, "data_root": optional_str,
-    "data_scale": optional(fraction), "recipe": RECIPES, "epochs": optional(positive_int),
-    "batch_size": optional(positive_int),
-    "device": known_device, "seed": int, "smoke": bool, "output_dir": str,
-}
-"""Rules for the parameters every notebook shares (see `piggylab.runs.check_parameters`)."""
-

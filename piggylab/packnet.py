@@ -36,29 +36,31 @@ Choices, where PackNet or its peers differ:
 
 What this is not
 ----------------
-Not a `PiggybackNet` (no masks are learned and the backbone's weights do change), not saved to
-task files (`piggylab.storage` is piggyback's format), and not the piggyback `Trainer`:
-`train_packnet` is its own short loop, which reuses `evaluate` and `resolve_device`.
+Not a `PiggybackNet` (no masks are learned and the backbone's weights do change) and not saved
+to task files (`piggylab.storage` is piggyback's format). It shares with `PiggybackNet` the
+multi-task base (`piggylab.tasks.MultiTaskNet`: task registry, heads, task BN, switching) and
+the masked layers (`piggylab.masked`, here with a `TaskIndex` per weight instead of
+`TaskMasks`), and `train_packnet` runs both of its training phases through the lab's one
+`piggylab.train.Trainer`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from .masks import apply_mask, check_choice
-from .network import TASK_NAME, TaskBatchNorm, TaskHeads, wrap_backbone
-from .train import OPTIMIZERS, _autocast, evaluate, make_optimizer, resolve_device, train_one_epoch
+from .checks import check_choice
+from .tasks import MultiTaskNet, Task
+from .train import TrainConfig, Trainer
 
 BN_MODES = ("task", "frozen")
+PHASES = ("eval", "train", "retrain")
 MAX_TASKS = 255
 """A uint8 index holds 0 (free) and up to 255 task numbers."""
 
@@ -66,13 +68,10 @@ HISTORY_COLUMNS = ["phase", "epoch", "step", "loss", "train_acc", "val_acc", "lr
 
 
 @dataclass
-class PackTask:
-    """One task of a `PackNet`: its number in the index (1, 2, ...), head size and pruning record."""
+class PackTask(Task):
+    """One task of a `PackNet`: its number in the index (1, 2, ...) and pruning record."""
 
-    name: str
-    index: int
-    num_classes: int
-    class_names: list[str] = field(default_factory=list)
+    index: int = 0
     prune_fraction: float | None = None
     """The fraction of its free weights the task gave back; None while it is not trained."""
     free_after: int | None = None
@@ -83,35 +82,44 @@ class PackTask:
         return self.prune_fraction is not None
 
 
-class PackedWeight(nn.Module):
-    """Parametrization of one shared weight by its per-weight task index (uint8, 0 = free).
+class TaskIndex(nn.Module):
+    """PackNet's view of one shared weight: its per-weight task index (uint8, 0 = free).
 
     The weight a layer computes with depends on the active task k and the phase:
 
     - ``eval``: the weights with index 1..k (task k's network);
     - ``train``: the same plus the free weights (index 0), the only ones with a gradient;
     - ``retrain``: the weights with index 1..k, the gradient reaching only index k.
+
+    It plays the part `piggylab.masked.TaskMasks` plays for piggyback in the same masked
+    layers (`weight`, ``merged``, `training_scores`); PackNet has no scores.
     """
 
-    def __init__(self, weight: Tensor) -> None:
+    def __init__(self, shape: tuple[int, ...]) -> None:
         super().__init__()
-        self.register_buffer("index", torch.zeros_like(weight, dtype=torch.uint8))
+        self.register_buffer("index", torch.zeros(shape, dtype=torch.uint8))
+        self.merged = None
         self.task = 0
         self.phase = "eval"
+
+    def training_scores(self) -> None:
+        return None
 
     def visible(self) -> Tensor:
         """Where task `self.task`'s inference network has a weight: index 1..k."""
         return (self.index >= 1) & (self.index <= self.task)
 
-    def forward(self, weight: Tensor) -> Tensor:
+    def weight(self, original: Tensor) -> Tensor:
         if self.phase == "train":
-            return torch.where(self.index == 0, weight, apply_mask(weight.detach(), self.index < self.task))
+            return torch.where(self.index == 0, original, original.detach() * (self.index < self.task))
         if self.phase == "retrain":
-            return torch.where(self.index == self.task, weight, apply_mask(weight.detach(), self.visible()))
-        return apply_mask(weight, self.visible())
+            return torch.where(self.index == self.task, original, original.detach() * self.visible())
+        return original * self.visible()
+
+    forward = weight
 
 
-class PackNet(nn.Module):
+class PackNet(MultiTaskNet):
     """Tasks packed into one network by iterative pruning (PackNet, CVPR 2018).
 
     >>> net = PackNet(load_backbone("tiny"), backbone_name="tiny")
@@ -123,49 +131,37 @@ class PackNet(nn.Module):
     Tasks are trained in the order they are added, each once; see the module docstring.
     """
 
+    task_type = PackTask
+    tasks: dict[str, PackTask]
+
     def __init__(self, backbone: nn.Module, *, backbone_name: str = "backbone", classifier: str | None = None,
                  bn: str = "task") -> None:
-        super().__init__()
         check_choice(bn, BN_MODES, "bn mode")
-        backbone, classifier, self.layers = wrap_backbone(backbone, classifier, PackedWeight, unsafe=True)
-        self.classifier_name, self.backbone_name, self.bn = classifier, backbone_name, bn
-        self.backbone = backbone
-        self.tasks: dict[str, PackTask] = {}
-        self.active_task: str | None = None
+        super().__init__(backbone, backbone_name=backbone_name, classifier=classifier, make_masks=TaskIndex)
+        self.bn = bn
+        self.phase = "eval"
 
-    # -- structure -------------------------------------------------------------------
-    def packed(self, layer: str) -> PackedWeight:
-        module, attr = self.layers[layer]
-        return getattr(module.parametrizations, attr)[0]
+    # -- structure -------------------------------------------------------------------------
+    def indices(self) -> Iterable[tuple[str, TaskIndex, Tensor]]:
+        """(layer, task index, shared weight) of every prunable weight."""
+        return self.masked_weights()
 
     def weight(self, layer: str) -> Tensor:
         """The shared float weight of `layer` (every task's values, free ones included)."""
-        module, attr = self.layers[layer]
-        return getattr(module.parametrizations, attr).original
-
-    def _packed(self) -> Iterator[tuple[PackedWeight, Tensor]]:
-        for layer in self.layers:
-            yield self.packed(layer), self.weight(layer)
-
-    @property
-    def heads(self) -> TaskHeads:
-        return self.backbone.get_submodule(self.classifier_name)
-
-    def batchnorms(self) -> Iterator[TaskBatchNorm]:
-        return (m for m in self.backbone.modules() if isinstance(m, TaskBatchNorm))
+        return self.original_weight(layer)
 
     @property
     def num_weights(self) -> int:
         """Number of prunable weights (those with a task index)."""
-        return sum(w.numel() for _, w in self._packed())
+        return self.num_masked_weights
 
     def task_index(self) -> dict[str, Tensor]:
         """Per layer, a copy of the uint8 task index: 0 = free, k = owned by the k-th task."""
-        return {layer: self.packed(layer).index.clone() for layer in self.layers}
+        return {layer: index.index.clone() for layer, index, _ in self.indices()}
 
     def free_counts(self) -> dict[str, int]:
         """Per layer, how many weights no task owns yet."""
-        return {layer: int((self.packed(layer).index == 0).sum()) for layer in self.layers}
+        return {layer: int((index.index == 0).sum()) for layer, index, _ in self.indices()}
 
     def free_fraction(self) -> float:
         """The fraction of all prunable weights that no task owns yet."""
@@ -176,110 +172,94 @@ class PackNet(nn.Module):
         """Bits per weight that the index needs for the tasks so far: ceil(log2(T + 1))."""
         return max(1, math.ceil(math.log2(len(self.tasks) + 1)))
 
-    # -- tasks -----------------------------------------------------------------------
-    def task(self, name: str) -> PackTask:
-        """The task called `name` (KeyError naming the known tasks if there is none)."""
-        if name not in self.tasks:
-            raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(self.tasks) or 'none yet'}")
-        return self.tasks[name]
-
-    def add_task(self, name: str, num_classes: int, *, class_names: list[str] | None = None,
+    # -- tasks -------------------------------------------------------------------------------
+    def add_task(self, name: str, num_classes: int, *, class_names: Sequence[str] | None = None,
                  seed: int | None = None) -> PackTask:
         """Add the next task: a fresh head and (with ``bn="task"``) a copy of the backbone's BN.
 
         The previous task must be trained first (its weights must be packed before another
         task can claim the rest). With a `seed` the head is drawn from its own RNG.
         """
-        if not isinstance(name, str) or not TASK_NAME.match(name):
-            raise ValueError(f"task name {name!r} must be letters, digits, '_' or '-', starting with a letter or '_'")
-        if name in self.tasks:
-            raise ValueError(f"task {name!r} already exists")
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.check_new_task(name, num_classes, class_names)
         untrained = [t.name for t in self.tasks.values() if not t.trained]
         if untrained:
             raise ValueError(f"train task {untrained[0]!r} (train_packnet) before adding another")
         if len(self.tasks) >= MAX_TASKS:
             raise ValueError(f"a PackNet holds at most {MAX_TASKS} tasks (uint8 index)")
-        class_names = list(class_names or [])
-        if class_names and len(class_names) != int(num_classes):
-            raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
-        device = next(iter(self._packed()))[1].device
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            self.heads.heads[name] = nn.Linear(self.heads.in_features, int(num_classes)).to(device)
+            task = self.new_task(name, num_classes, class_names, index=len(self.tasks) + 1)
         if self.bn == "task":
-            for bn in self.batchnorms():
-                bn.per_task[name] = copy.deepcopy(bn.shared).requires_grad_(True)
-        self.tasks[name] = PackTask(name, len(self.tasks) + 1, int(num_classes), class_names)
+            self.add_task_bn(name)
         self.set_task(name)
-        return self.tasks[name]
+        return task
 
-    def _activate(self, name: str, phase: str) -> None:
-        task = self.task(name)
-        self.active_task = self.heads.active = name
-        for bn in self.batchnorms():
-            bn.active = name
-        for packed, _ in self._packed():
-            packed.task, packed.phase = task.index, phase
+    def remove_task(self, name: str) -> None:
+        raise NotImplementedError("a PackNet task cannot be removed: later tasks were trained on top of its weights")
 
-    def set_task(self, name: str) -> None:
-        """Make `name` the task the network computes: the weights with index 1..k (PackNet §3)."""
-        self._activate(name, "eval")
+    def activate_weights(self, task: PackTask | None) -> None:
+        for _, index, _ in self.indices():
+            index.task, index.phase = (0, "eval") if task is None else (task.index, self.phase)
+
+    def set_task(self, name: str, phase: str = "eval") -> None:
+        """Make `name` the task the network computes: the weights with index 1..k (PackNet §3);
+        `phase` ``train`` or ``retrain`` is how `train_packnet` trains it."""
+        self.phase = check_choice(phase, PHASES, "phase")
+        super().set_task(name)
 
     @torch.no_grad()
     def prune(self, name: str, fraction: float) -> dict[str, int]:
         """Step 2 of training task `name`: per layer, of the n free weights (all of which the task
         trained), keep the ``n - round(fraction * n)`` largest in magnitude, mark them as the
         task's and zero the others, which stay free. Returns the weights kept per layer."""
-        task = self.task(name)
+        task = self.check_task(name)
         check_fraction(fraction)
         if task.trained:
             raise ValueError(f"task {name!r} was already pruned")
         if name != list(self.tasks)[-1]:
             raise ValueError(f"only the newest task can be pruned, not {name!r}")
         kept = {}
-        for layer, (packed, weight) in zip(self.layers, self._packed()):
-            free = (packed.index == 0).flatten().nonzero().squeeze(1)
+        for layer, index, weight in self.indices():
+            owner = index.index.flatten().clone()  # in logical order, whatever the memory format
+            free = (owner == 0).nonzero().squeeze(1)
             keep = free.numel() - round(fraction * free.numel())
             top = torch.topk(weight.detach().flatten()[free].abs(), keep, sorted=False).indices
-            packed.index.view(-1)[free[top]] = task.index
-            weight.masked_fill_(packed.index == 0, 0.0)
+            owner[free[top]] = task.index
+            index.index.copy_(owner.view_as(index.index))
+            weight.masked_fill_(index.index == 0, 0.0)
             kept[layer] = keep
         task.prune_fraction = float(fraction)
         task.free_after = sum(self.free_counts().values())
         return kept
 
-    def trainable_parameters(self, name: str) -> list[Tensor]:
-        """What training task `name` changes: the shared weights (gradient-masked by the
-        phase), the task's head and its batchnorm copy."""
-        self.task(name)
-        params = [w for _, w in self._packed()] + list(self.heads.heads[name].parameters())
-        return params + [p for bn in self.batchnorms() if name in bn.per_task for p in bn.per_task[name].parameters()]
-
-    # -- computing -------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
-        if self.active_task is None:
-            raise RuntimeError("no active task: add one with add_task(...) or choose one with set_task(...)")
-        return self.backbone(x)
+    def training_groups(self, name: str, phase: str, *, lr: float) -> tuple[nn.Module, list[dict]]:
+        """What training task `name` in `phase` (``train``: the free weights; ``retrain``: the
+        kept ones) changes: the shared weights, gradient-masked by the phase, the task's head
+        and its batchnorm copy, all at `lr`. The shared weights need a gradient meanwhile."""
+        self.check_task(name)
+        check_choice(phase, ("train", "retrain"), "phase")
+        self.set_task(name, phase)
+        weights = [weight.requires_grad_(True) for _, _, weight in self.indices()]
+        params = weights + list(self.heads.heads[name].parameters())
+        params += [p for _, bn in self.batchnorms() if name in bn.per_task for p in bn.per_task[name].parameters()]
+        return self, [{"params": params, "lr": lr}]
 
     def storage_table(self) -> pd.DataFrame:
         """Per task: the weights it owns, its head and BN bytes (float32) and its share of the
         index (``index_bits`` per weight over all tasks), beside the one shared network."""
-        network = 4 * sum(t.numel() for k, t in self.backbone.state_dict().items()
-                          if t.is_floating_point() and ".per_task." not in f".{k}" and ".heads." not in f".{k}")
+        network = 4 * sum(t.numel() for t in self.backbone_state().values() if t.is_floating_point())
         index_bytes = math.ceil(self.index_bits * self.num_weights / 8)
         owned = {t.index: 0 for t in self.tasks.values()}
-        for packed, _ in self._packed():
-            counts = torch.bincount(packed.index.flatten().long(), minlength=len(self.tasks) + 1)
+        for _, index, _ in self.indices():
+            counts = torch.bincount(index.index.flatten().long(), minlength=len(self.tasks) + 1)
             for k in owned:
                 owned[k] += int(counts[k])
         rows = []
         for t in self.tasks.values():
             head = 4 * sum(p.numel() for p in self.heads.heads[t.name].parameters())
-            bn = 4 * sum(v.numel() for b in self.batchnorms() if t.name in b.per_task
-                         for v in b.per_task[t.name].state_dict().values() if v.is_floating_point())
+            bn = sum(4 * v.numel() for k, v in self.task_state(t.name).items() if k.startswith("bn.")
+                     and v.is_floating_point())
             rows.append({"task": t.name, "position": t.index, "owned_weights": owned[t.index],
                          "owned_fraction": owned[t.index] / self.num_weights,
                          "used_fraction": sum(owned[k] for k in owned if k <= t.index) / self.num_weights,
@@ -289,8 +269,7 @@ class PackNet(nn.Module):
         return pd.DataFrame(rows)
 
     def extra_repr(self) -> str:
-        return (f"backbone={self.backbone_name!r}, layers={len(self.layers)}, weights={self.num_weights}, "
-                f"bn={self.bn!r}, tasks={list(self.tasks)}, active={self.active_task!r}")
+        return f"{super().extra_repr()}, bn={self.bn!r}"
 
 
 def check_fraction(fraction: float) -> float:
@@ -301,61 +280,33 @@ def check_fraction(fraction: float) -> float:
 
 
 @dataclass
-class PackNetConfig:
-    """Hyper-parameters of training one PackNet task (PackNet §3, lab-sized).
-
-    `epochs` of training the free weights at `lr` (times `lr_decay` at each of `decay_epochs`),
-    pruning of `prune_fraction` of them (0 keeps them all, e.g. for the last task), then
-    `retrain_epochs` at `retrain_lr` (default ``lr * lr_decay``). No weight decay: it would
-    shrink the frozen weights of earlier tasks.
+class PackNetConfig(TrainConfig):
+    """How one PackNet task trains (PackNet §3, lab-sized): `TrainConfig`'s schedule for the
+    first phase (`epochs` of training the free weights at `lr`, times `lr_decay` at each of
+    `decay_epochs`), pruning of `prune_fraction` of them (0 keeps them all, e.g. for the last
+    task), then `retrain_epochs` at `retrain_lr` (default ``lr * lr_decay``). Its `method` is
+    `finetune`: PackNet trains the network's own weights. No weight decay: it would shrink
+    the frozen weights of earlier tasks.
     """
 
+    method: str = "finetune"
     epochs: int = 3
-    retrain_epochs: int = 1
-    prune_fraction: float = 0.5
     lr: float = 1e-3
+    optimizer: str | None = "adam"
+    prune_fraction: float = 0.5
+    retrain_epochs: int = 1
     retrain_lr: float | None = None
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    decay_epochs: tuple[int, ...] = ()
-    lr_decay: float = 0.1
-    device: str = "auto"
-    seed: int = 0
-    amp: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_fraction(self.prune_fraction)
-        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
-        if int(self.epochs) < 1 or int(self.retrain_epochs) < 0:
-            raise ValueError(f"epochs must be at least 1 and retrain_epochs at least 0, got {self.epochs}, "
-                             f"{self.retrain_epochs}")
-        for name in ("lr", "retrain_lr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(float(value)) and float(value) > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        self.decay_epochs = tuple(int(e) for e in self.decay_epochs)
-
-
-def _run_phase(net: PackNet, task: str, phase: str, epochs: int, lr: float, train_loader: Iterable,
-               val_loader: Iterable | None, config: PackNetConfig, bar: tqdm, clock: dict) -> list[dict]:
-    """Train task `task` for `epochs` in `phase` ("train" or "retrain"); one history row per epoch."""
-    device = resolve_device(config.device)
-    net._activate(task, phase)
-    optimizer = make_optimizer(config.optimizer, net.trainable_parameters(task), lr=lr, momentum=config.momentum)
-    milestones = list(config.decay_epochs) if phase == "train" else []
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_decay)
-    autocast, scaler = _autocast(device, config.amp)
-    rows = []
-    for epoch in range(1, epochs + 1):
-        stats, clock["step"] = train_one_epoch(net, train_loader, optimizer, device=device, autocast=autocast,
-                                               scaler=scaler, step=clock["step"], on_step=lambda step, loss: bar.update(),
-                                               describe=f"PackNet {phase} of task {task!r}")
-        rows.append({"phase": phase, "epoch": epoch, "step": clock["step"], **stats,
-                     "val_acc": evaluate(net, val_loader, device=device, amp=config.amp) if val_loader is not None
-                     else float("nan"),
-                     "lr": optimizer.param_groups[0]["lr"], "wall_time": time.perf_counter() - clock["start"]})
-        scheduler.step()
-    return rows
+        if isinstance(self.retrain_epochs, bool) or int(self.retrain_epochs) != self.retrain_epochs \
+                or self.retrain_epochs < 0:
+            raise ValueError(f"retrain_epochs must be an integer >= 0, got {self.retrain_epochs!r}")
+        if self.retrain_lr is not None and not (math.isfinite(float(self.retrain_lr)) and float(self.retrain_lr) > 0):
+            raise ValueError(f"retrain_lr must be a positive finite number, got {self.retrain_lr!r}")
+        if self.weight_decay:
+            raise ValueError("PackNet takes no weight decay: it would shrink the frozen weights of earlier tasks")
 
 
 def train_packnet(net: PackNet, task: str, train_loader: Iterable, val_loader: Iterable | None = None,
@@ -363,35 +314,32 @@ def train_packnet(net: PackNet, task: str, train_loader: Iterable, val_loader: I
     """Train, prune and re-train task `task` of `net` (PackNet §3); return its history.
 
     One row per epoch: ``phase`` (``train`` or ``retrain``), epoch, step, loss, train_acc,
-    val_acc, lr and wall_time (the pruning record is ``net.task(task)``). The seed is
-    applied to torch's RNG and to the train loader's own generator, if it has one. Afterwards
-    the task is frozen and active.
+    val_acc, lr and wall_time (the pruning record is ``net.task(task)``). Both phases run
+    through `Trainer` with the config's seed. Afterwards the task is frozen and active.
     """
     config = config or PackNetConfig()
-    info = net.task(task)
-    if info.trained:
+    if net.check_task(task).trained:
         raise ValueError(f"task {task!r} was already trained; PackNet trains each task once")
-    torch.manual_seed(config.seed)
-    if getattr(train_loader, "generator", None) is not None:
-        train_loader.generator.manual_seed(config.seed)
-    net.to(resolve_device(config.device))
     retrain_lr = config.retrain_lr if config.retrain_lr is not None else config.lr * config.lr_decay
-    clock = {"step": 0, "start": time.perf_counter()}
-    bar = tqdm(total=(config.epochs + config.retrain_epochs) * len(train_loader), desc=f"packnet {task}",
-               disable=not progress, leave=False)
-    weights = [w for _, w in net._packed()]
-    for w in weights:
-        w.requires_grad_(True)
+    phases = [("train", config, config.lr)]
+    if config.retrain_epochs:
+        phases.append(("retrain", PackNetConfig(**{**config.__dict__, "epochs": config.retrain_epochs,
+                                                   "decay_epochs": ()}), retrain_lr))
+    histories, start, step = [], time.perf_counter(), 0
     try:
-        rows = _run_phase(net, task, "train", config.epochs, config.lr, train_loader, val_loader, config, bar, clock)
-        net.prune(task, config.prune_fraction)
-        if config.retrain_epochs:
-            rows += _run_phase(net, task, "retrain", config.retrain_epochs, retrain_lr, train_loader, val_loader,
-                               config, bar, clock)
+        for phase, phase_config, lr in phases:
+            offset = time.perf_counter() - start
+            model, groups = net.training_groups(task, phase, lr=lr)
+            history = Trainer(phase_config, progress=progress).fit(model, groups, train_loader, val_loader,
+                                                                    describe=f"PackNet {phase} of task {task!r}")
+            histories.append(history.assign(phase=phase, step=history["step"] + step,
+                                            wall_time=history["wall_time"] + offset))
+            step += int(history["step"].iloc[-1])
+            if phase == "train":
+                net.prune(task, config.prune_fraction)
     finally:
-        bar.close()
-        for w in weights:
-            w.requires_grad_(False)
-            w.grad = None
+        for _, _, weight in net.indices():
+            weight.requires_grad_(False)
+            weight.grad = None
         net.set_task(task)
-    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    return pd.concat(histories, ignore_index=True)[HISTORY_COLUMNS]

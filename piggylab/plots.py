@@ -180,6 +180,13 @@ class LiveCurve:
 
         return {"on_step_end": on_step_end, "on_epoch_end": on_epoch_end}
 
+    def add_history(self, run: str, history: pd.DataFrame) -> None:
+        """Draw a run that was not trained here (read from the run cache) from its history:
+        its per-epoch points, the loss as each epoch's mean."""
+        self.epochs += [{"run": run, **record} for record in history.to_dict("records")]
+        self.steps += [{"run": run, "step": r["step"], "loss": r["loss"]} for r in history.to_dict("records")]
+        self.refresh()
+
     def figure(self) -> go.Figure:
         """The curves recorded so far, against the training step."""
         return training_curves(pd.DataFrame(self.epochs, columns=["run", "step", *self.metrics]), self.metrics, x="step",

@@ -1,7 +1,7 @@
 """Pretraining the lab's tiny backbone on the embedded source task (the lab's "ImageNet").
 
 `pretrain_tiny_backbone(...)` trains a fresh `tiny_resnet` on `glyphs` with the package's own
-`Trainer` (method ``finetune``: every weight trains, BN included), measures its source-task
+`Trainer` (every weight trains, BN included), measures its source-task
 validation and test accuracy and, given an `output` path, writes the checkpoint as safetensors
 (atomically) with a JSON record beside it: recipe, seeds, accuracies, parameter count, the
 file's SHA-256, the backbone fingerprint (`PiggybackNet.fingerprint`), date, versions, device
@@ -29,8 +29,8 @@ from safetensors.torch import save as safetensors_bytes
 
 from .backbones import TINY_CHECKPOINT, TinyResNet, tiny_resnet
 from .datasets import EMBEDDED_SOURCE, load_data, make_loaders
-from .network import PiggybackNet
-from .storage import atomic_write_bytes
+from .io import atomic_write_bytes
+from .piggyback import PiggybackNet
 from .train import Trainer, TrainConfig, evaluate, resolve_device
 
 RECIPE: dict[str, Any] = {
@@ -82,20 +82,18 @@ def pretrain_tiny_backbone(*, epochs: int = RECIPE["epochs"], lr: float = RECIPE
     data = load_data(EMBEDDED_SOURCE, seed=data_seed, scale=scale)
     train_loader, val_loader, test_loader = make_loaders(data, batch_size=batch_size, seed=seed)
     torch.manual_seed(seed)
-    net = PiggybackNet(tiny_resnet(data.num_classes, tuple(widths), blocks), backbone_name="tiny")
-    net.add_task(EMBEDDED_SOURCE, data.num_classes, class_names=data.classes, seed=seed)
+    model = tiny_resnet(data.num_classes, tuple(widths), blocks)
     config = TrainConfig("finetune", epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum,
                          weight_decay=weight_decay, decay_epochs=tuple(decay_epochs), lr_decay=RECIPE["lr_decay"],
-                         device=device, seed=seed)
+                         device=device, seed=seed, recalibrate_bn=False)
     trainer = Trainer(config, progress=progress)
     if progress:
         trainer.add_callback("on_epoch_end", lambda _, row: print(
             f"epoch {row['epoch']:>2}: loss {row['loss']:.3f}  train {row['train_acc']:.4f}  "
             f"val {row['val_acc']:.4f}  ({row['wall_time']:.0f} s)", flush=True))
-    history = trainer.fit(net, EMBEDDED_SOURCE, train_loader, val_loader)
-    model = tiny_resnet(data.num_classes, tuple(widths), blocks)
-    model.load_state_dict({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()})
-    model.eval()
+    history = trainer.fit(model, [{"params": list(model.parameters()), "lr": lr}], train_loader, val_loader,
+                          describe="pretraining on the source task")
+    model = model.cpu().eval()
     info: dict[str, Any] = {
         "recipe": recipe, "seed": int(seed), "source_task": EMBEDDED_SOURCE, "sizes": data.sizes(),
         "num_classes": data.num_classes,

@@ -30,6 +30,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+
+from .io import atomic_write_text
+
 BASE_COLUMNS = ["run_id", "notebook", "task", "method", "accuracy", "sparsity", "storage_bytes"]
 """The first columns of `results.csv`; result fields a notebook adds follow, then `param.NAME`."""
 
@@ -310,11 +313,11 @@ def build_report(output: str | Path, *, title: str | None = None) -> Path:
     if not output.is_dir():
         raise FileNotFoundError(f"no batch output folder at {output}")
     collected = collect(output)
-    collected.results.to_csv(output / "results.csv", index=False)
+    atomic_write_text(output / "results.csv", collected.results.to_csv(index=False))
     batch = _read_json(output / "batch.json")
     name = Path(batch.get("name") or output.name).name
     page = render_report(collected, title=title or f"piggylab batch report: {name}",
                          description=batch.get("description", ""))
     report = output / "report.html"
-    report.write_text(page, encoding="utf-8")
+    atomic_write_text(report, page)
     return report

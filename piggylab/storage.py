@@ -19,13 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -34,36 +29,16 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from .masks import MaskConfig, check_choice
-from .network import PiggybackNet
+from .checks import check_choice
+from .io import atomic_write_bytes
+from .masked import MaskConfig, pack_mask, unpack_mask
+from .piggyback import PiggybackNet
 
 FORMATS = ("packed", "rice")
 
 
 class TaskFileError(ValueError):
     """A task file that cannot be used: corrupted, truncated, or made for another backbone."""
-
-
-# -- bit packing ---------------------------------------------------------------------
-def pack_binary(mask: np.ndarray) -> np.ndarray:
-    """Bool mask -> uint8, 8 weights per byte."""
-    return np.packbits(mask.astype(bool, copy=False).ravel())
-
-
-def unpack_binary(packed: np.ndarray, count: int) -> np.ndarray:
-    return np.unpackbits(packed, count=count).astype(bool)
-
-
-def pack_ternary(mask: np.ndarray) -> np.ndarray:
-    """Int mask in {-1, 0, 1} -> uint8, 4 weights per byte (2 bits each)."""
-    codes = (mask.ravel().astype(np.int8) + 1).astype(np.uint8)
-    codes = np.concatenate([codes, np.zeros(-len(codes) % 4, np.uint8)]).reshape(-1, 4)
-    return codes[:, 0] | codes[:, 1] << 2 | codes[:, 2] << 4 | codes[:, 3] << 6
-
-
-def unpack_ternary(packed: np.ndarray, count: int) -> np.ndarray:
-    codes = np.stack([(packed >> s) & 3 for s in (0, 2, 4, 6)], axis=1).ravel()[:count]
-    return codes.astype(np.int8) - 1
 
 
 # -- Golomb-Rice entropy coding -----------------------------------------------------------
@@ -110,9 +85,9 @@ def rice_decode(stream: np.ndarray, header: dict) -> np.ndarray:
 
 # -- encoding whole masks ----------------------------------------------------------------
 def encode_mask(mask: np.ndarray, kind: str, fmt: str) -> tuple[np.ndarray, dict]:
-    """One layer's mask -> (uint8 stream, header) in `fmt`."""
+    """One layer's mask -> (uint8 stream, header) in `fmt` (`packed`: `piggylab.masked.pack_mask`)."""
     if fmt == "packed":
-        return (pack_binary(mask) if kind == "binary" else pack_ternary(mask)), {}
+        return pack_mask(torch.from_numpy(mask), kind).numpy(), {}
     if kind == "binary":
         return rice_encode(mask)
     nonzero, nz_header = rice_encode(mask != 0)
@@ -122,7 +97,7 @@ def encode_mask(mask: np.ndarray, kind: str, fmt: str) -> tuple[np.ndarray, dict
 
 def decode_mask(stream: np.ndarray, header: dict, kind: str, fmt: str, count: int) -> np.ndarray:
     if fmt == "packed":
-        return unpack_binary(stream, count) if kind == "binary" else unpack_ternary(stream, count)
+        return unpack_mask(torch.from_numpy(stream), kind, (count,)).numpy().astype(bool if kind == "binary" else np.int8)
     if kind == "binary":
         return rice_decode(stream, header)
     nonzero = rice_decode(stream[: header["split"]], header["nonzero"])
@@ -142,34 +117,6 @@ def _digest(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
-    """A new binary file that replaces `path` only once it is fully written and synced.
-
-    On any error the old file stays as it was and the temporary file is removed. The file is
-    created as `open` creates files (the umask applies), not with `tempfile.mkstemp`'s 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
-    with atomic_open(path) as f:
-        f.write(data)
-    return Path(path)
-
-
 def task_bytes(net: PiggybackNet, task: str, fmt: str = "packed") -> bytes:
     """The task file's content, as `save_task` writes it."""
     check_choice(fmt, FORMATS, "format")
@@ -181,7 +128,7 @@ def task_bytes(net: PiggybackNet, task: str, fmt: str = "packed") -> bytes:
     for layer, mask in net.masks(task).items():
         array = mask.cpu().numpy()
         zeros += int((array == 0).sum())
-        stream, header = encode_mask(array, config.kind, fmt)
+        stream, header = encode_mask(array, config.kind, fmt)  # packed: the in-memory form of a frozen task
         streams.append(stream)
         layers.append({"name": layer, "shape": list(array.shape), "offset": offset, "nbytes": len(stream), **header})
         offset += len(stream)
@@ -246,17 +193,18 @@ def load_task(net: PiggybackNet, path: str | Path, *, name: str | None = None) -
     layers = json.loads(meta["layers"])
     if [entry["name"] for entry in layers] != list(net.masked_layers):
         raise TaskFileError(f"{path} lists other masked layers than this network has")
-    stream = tensors["mask"].numpy()
+    packed = meta["format"] == "packed"  # loaded straight into the in-memory packed form
+    stream = tensors["mask"]
     masks = {}
     for entry in layers:
-        count = int(np.prod(entry["shape"]))
         chunk = stream[entry["offset"] : entry["offset"] + entry["nbytes"]]
-        masks[entry["name"]] = torch.from_numpy(decode_mask(chunk, entry, config.kind, meta["format"], count).reshape(entry["shape"]))
+        masks[entry["name"]] = chunk.clone() if packed else torch.from_numpy(decode_mask(
+            chunk.numpy(), entry, config.kind, meta["format"], int(np.prod(entry["shape"]))).reshape(entry["shape"]))
     task_bn = json.loads(meta["task_bn"])
     net.add_task(name, int(meta["num_classes"]), mask=config, task_bn=task_bn,
                  class_names=json.loads(meta["class_names"]), activate=False)
     try:
-        net.set_masks(name, masks)
+        net.set_masks(name, masks, packed=packed)
         net.load_task_state(name, {k: v for k, v in tensors.items() if k != "mask"})
     except BaseException:
         net.remove_task(name)

@@ -1,18 +1,23 @@
-"""One trainer for every method of the lab: piggyback, fine-tuning and classifier-only.
+"""One trainer for any `nn.Module`, and the lab's training recipes.
 
-`Trainer(method=...).fit(net, task, train_loader, val_loader)` trains one task of a
-`PiggybackNet` and returns its history as a pandas DataFrame, one row per epoch.
+`Trainer(config).fit(model, groups, train_loader, val_loader)` trains `model` with
+cross-entropy on the parameter groups it is given (each with its own learning rate) and
+returns the history, one row per epoch, as a pandas DataFrame. It knows nothing about
+tasks or masks: which parameters a method trains is the network's to say
+(`PiggybackNet.training_groups`, PackNet's phases), as in minGPT, where the trainer trains
+whatever model it is handed. Callbacks: ``trainer.add_callback("on_step_end" |
+"on_epoch_end", fn)`` with ``fn(trainer, record)``.
 
-- `piggyback`: Adam on the task's scores and head (paper §4: the reference always uses Adam
-  for scores); the backbone never changes. With task-specific BN (§5.3) the task's own BN
-  copy is trained too. At the end the scores are frozen into the 1-bit mask.
-- `classifier`: the head (and task BN, if any) only, the mask stays all ones.
-- `finetune`: the paper's "individual network" baseline: a full copy of the backbone with the
-  task's head, all weights trained (SGD with momentum by default). The trained copy is left
-  at ``trainer.model``; the shared network is untouched.
+Batchnorm layers that train (task-specific BN, §5.3, and fine-tuning) compute with batch
+statistics while they train and with their running statistics when evaluated. Those running
+statistics are an exponential average over the last batches, each seen with the mask of its
+own step; the mask keeps changing, so the average describes none of the masks, and above all
+not the final one. So before each validation, and at the end, `recalibrate_batchnorm`
+re-estimates them with the current weights and mask: one pass over the training batches, a
+plain cumulative average (``momentum=None``). See `TrainConfig.recalibrate_bn`.
 
-Callbacks, as in minGPT: ``trainer.add_callback("on_step_end" | "on_epoch_end", fn)`` with
-``fn(trainer, record)``. This module does not know about files, plots or notebooks.
+`train(net, task, ...)` is the shortcut for one task of a `PiggybackNet`; `evaluate` gives
+top-1 accuracy. This module does not know about files, plots or notebooks.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -30,13 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .masks import check_choice
-from .network import PiggybackNet
+from .checks import check_choice
+from .piggyback import BN_MODES, METHODS, PiggybackNet
+from .tasks import MultiTaskNet
 
-METHODS = ("piggyback", "finetune", "classifier")
-BN_MODES = ("frozen", "task")
 OPTIMIZERS = ("adam", "sgd")
 EVENTS = ("on_step_end", "on_epoch_end")
+HISTORY_COLUMNS = ["epoch", "step", "loss", "train_acc", "val_acc", "lr", "wall_time"]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -45,17 +50,19 @@ class TrainingDiverged(FloatingPointError):
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one training run; defaults are a short run on the embedded tasks.
+    """Hyper-parameters of one training run (a *recipe*); defaults are a short run on the embedded tasks.
 
-    The scores' learning rate is the paper's 1e-4: with Adam each score moves about `lr_scores`
-    per step, so at 1e-3 a constant init of 1e-2 crosses tau = 5e-3 within a few noisy steps
-    and a large part of the mask switches off before the head has learnt anything.
-
-    `lr` is the head's (and, for `finetune`, every weight's) learning rate, `lr_scores` the
-    masks'. The learning rate is multiplied by `lr_decay` at each epoch in `decay_epochs`.
-    `bn_mode`: `frozen` keeps the backbone's BN, `task` trains the task's own BN copy (§5.3,
-    created if the task has none), None follows the task's own setting. Fine-tuning always
-    trains BN, as the paper's baseline does.
+    `method`: `piggyback`, `classifier` or `finetune` (`PiggybackNet.training_groups`).
+    `lr` is the head's (and task BN's, and for `finetune` every weight's) learning rate,
+    `lr_scores` the masks'; both are multiplied by `lr_decay` at each epoch in `decay_epochs`.
+    With Adam each score moves about `lr_scores` per step, so the scores' learning rate sets
+    how many consistent steps a weight needs to leave the mask (the constant init 1e-2 is
+    5e-3 above tau). `bn_mode`: `frozen` keeps the backbone's BN, `task` trains the task's own
+    BN copy (§5.3, created if the task has none), None follows the task's own setting.
+    `recalibrate_bn`: re-estimate trained batchnorm statistics before each validation and at
+    the end (module docstring). `freeze_at_end`: a piggyback task keeps only its mask afterwards.
+    `channels_last`: images and 4-d weights in channels-last memory order (`fit`), which the CPU
+    and GPU convolution kernels run faster on (benchmarks/RESULTS.md); the values are the same.
     """
 
     method: str = "piggyback"
@@ -71,7 +78,9 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     bn_mode: str | None = None
+    recalibrate_bn: bool = True
     freeze_at_end: bool = True
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         check_choice(self.method, METHODS, "method")
@@ -79,12 +88,13 @@ class TrainConfig:
             check_choice(self.optimizer, OPTIMIZERS, "optimizer")
         if self.bn_mode is not None:
             check_choice(self.bn_mode, BN_MODES, "bn_mode")
-        if int(self.epochs) < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if isinstance(self.epochs, bool) or int(self.epochs) != self.epochs or int(self.epochs) < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         for name in ("lr", "lr_scores"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        self.epochs = int(self.epochs)
         self.decay_epochs = tuple(int(e) for e in self.decay_epochs)
 
     @property
@@ -135,8 +145,9 @@ def make_optimizer(name: str, params: Iterable, *, lr: float | None = None, mome
     return torch.optim.Adam(params, weight_decay=weight_decay, fused=fused, **defaults)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on GPUs that have it, fp16 (with a grad scaler) otherwise; off on CPU."""
+def autocast_for(device: torch.device, enabled: bool):
+    """(autocast context, grad scaler): bf16 autocast on GPUs that have it, fp16 with a grad
+    scaler otherwise; off on CPU."""
     if not enabled or device.type != "cuda":
         return nullcontext(), None
     if torch.cuda.is_bf16_supported():
@@ -144,25 +155,74 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
-def task_sparsity(net: PiggybackNet, task: str) -> float:
-    """Fraction of the task's mask entries that are 0 (paper §5), over all masked weights."""
-    zeros = sum(m.numel() - int(m.count_nonzero()) for m in net.masks(task).values())
-    return zeros / net.num_masked_weights
+def trained_batchnorms(model: nn.Module, groups: Iterable[dict]) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batchnorm layers of `model` whose affine parameters are in the parameter `groups`
+    (the ones being trained; another task's BN copy is not, whatever its requires_grad)."""
+    trained = {id(p) for group in groups for p in group["params"]}
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats and m.weight is not None and id(m.weight) in trained]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, layers: Iterable[nn.modules.batchnorm._BatchNorm], loader: Iterable, *,
+                          device: str | torch.device = "auto", amp: bool = True) -> int:
+    """Re-estimate the running statistics of the batchnorm `layers` of `model` (see the module
+    docstring): reset, one pass over `loader` in training mode with a cumulative average
+    (``momentum=None``), momentum restored. Nothing else changes. Returns the images seen."""
+    layers = list(layers)
+    if not layers:
+        return 0
+    device = resolve_device(device)
+    momenta = [m.momentum for m in layers]
+    was_training = model.training
+    autocast, _ = autocast_for(device, amp)
+    seen = 0
+    try:
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        channels_last = prefers_channels_last(model)
+        for x, _ in loader:
+            with autocast:
+                model(to_device(x, device, channels_last))
+            seen += len(x)
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return seen
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether `model`'s first 4-d weight is in channels-last memory order (images are then given so too)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            return not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+    return False
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A batch of images on `device`, in channels-last order if asked (4-d only)."""
+    if channels_last and x.dim() == 4:
+        return x.to(device, memory_format=torch.channels_last, non_blocking=True)
+    return x.to(device, non_blocking=True)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, task: str | None = None, device: str | torch.device = "auto",
              amp: bool = True) -> float:
-    """Top-1 accuracy of `model` (of `task`, for a `PiggybackNet`) on `loader`, in eval mode."""
+    """Top-1 accuracy of `model` (of `task`, for a multi-task network) on `loader`, in eval mode."""
     device = resolve_device(device)
-    if isinstance(model, PiggybackNet) and task is not None:
+    if isinstance(model, MultiTaskNet) and task is not None:
         model.set_task(task)
     was_training = model.training
     model.eval().to(device)
-    autocast, _ = _autocast(device, amp)
+    autocast, _ = autocast_for(device, amp)
+    channels_last = prefers_channels_last(model)
     correct = total = 0
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
         with autocast:
             logits = model(x)
         correct += int((logits.argmax(1) == y).sum())
@@ -171,50 +231,16 @@ def evaluate(model: nn.Module, loader: Iterable, *, task: str | None = None, dev
     return correct / max(total, 1)
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, *, device: torch.device,
-                    autocast, scaler, step: int, describe: str,
-                    on_step: Callable[[int, float], None] | None = None) -> tuple[dict[str, float], int]:
-    """One pass over `loader` with cross-entropy: forward under `autocast`, backward (scaled
-    when `scaler` is given), optimizer step; `on_step(step, loss)` after each batch.
-
-    Returns ({"loss": mean loss, "train_acc": accuracy}, the global step count after the
-    pass). A NaN or infinite loss raises `TrainingDiverged` naming the step and `describe`.
-    Shared by every trainer of the lab (`Trainer`, PackNet's).
-    """
-    model.train()
-    seen = correct = 0
-    loss_sum = 0.0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)  # before the forward: no gradient lives through it
-        with autocast:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-        step += 1
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at step {step} ({describe}); lower the learning rate")
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        batch_loss = loss.item()
-        loss_sum += batch_loss * y.numel()
-        correct += int((logits.argmax(1) == y).sum())
-        seen += y.numel()
-        if on_step is not None:
-            on_step(step, batch_loss)
-    return {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}, step
-
-
 @dataclass
 class Trainer:
-    """Trains one task by one method; see the module docstring.
+    """Trains any `nn.Module` on the parameter groups it is given; see the module docstring.
 
-    >>> trainer = Trainer(TrainConfig("piggyback", epochs=3))
-    >>> history = trainer.fit(net, "greek", train_loader, val_loader)
+    >>> model, groups = net.training_groups("greek", "piggyback", lr=1e-2, lr_scores=1e-4)
+    >>> history = Trainer(TrainConfig(epochs=3)).fit(model, groups, train_loader, val_loader)
+
+    Uses `config`'s schedule and optimisation fields (epochs, optimizer, momentum,
+    weight_decay, decay_epochs, lr_decay, device, seed, amp, recalibrate_bn); the learning
+    rates are the groups'.
     """
 
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -233,79 +259,109 @@ class Trainer:
         for fn in self.callbacks.get(event, []):
             fn(self, record)
 
-    def _parameter_groups(self, net: PiggybackNet, task: str) -> tuple[nn.Module, list[dict]]:
-        cfg = self.config
-        if cfg.method == "finetune":
-            model = net.individual_network(task)
-            return model, [{"params": list(model.parameters()), "lr": cfg.lr}]
-        groups = [{"params": net.task_parameters(task, scores=False), "lr": cfg.lr}]
-        if cfg.method == "piggyback":
-            if net.is_frozen(task):
-                raise ValueError(f"task {task!r} was already trained and frozen into a mask; add a new task to train again")
-            groups.append({"params": net.task_parameters(task, head=False, bn=False), "lr": cfg.lr_scores})
-        return net, groups
+    def fit(self, model: nn.Module, groups: list[dict], train_loader: Iterable, val_loader: Iterable | None = None,
+            *, describe: str = "training", epoch_metrics: Mapping[str, Callable[[], float]] | None = None
+            ) -> pd.DataFrame:
+        """Train `model` on `groups`; return the history, one row per epoch (`HISTORY_COLUMNS`
+        plus one column per `epoch_metrics` entry, each called after the epoch).
 
-    def fit(self, net: PiggybackNet, task: str, train_loader: Iterable, val_loader: Iterable | None = None) -> pd.DataFrame:
-        """Train `task` of `net`; return the history (one row per epoch).
-
-        The seed is applied to torch's global RNG and to the train loader's own generator,
-        if it has one, so on CPU the same seed gives the same history.
+        The seed is applied to torch's global RNG and to the train loader's own generator, if
+        it has one, so on CPU the same seed gives the same history. `describe` names the run in
+        the progress bar and in errors.
         """
-        if not isinstance(net, PiggybackNet):
-            raise TypeError(f"fit() trains a task of a PiggybackNet, got {type(net).__name__}")
-        net._check_task(task)
         cfg = self.config
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         if getattr(train_loader, "generator", None) is not None:  # the loader's own shuffling RNG
             train_loader.generator.manual_seed(cfg.seed)
-        if cfg.bn_mode == "task" and not net.tasks[task].task_bn:
-            net.add_task_bn(task)
-        elif cfg.bn_mode == "frozen" and net.tasks[task].task_bn:
-            raise ValueError(f"task {task!r} has task-specific BN; bn_mode='frozen' would ignore it")
-        net.set_task(task)
-        model, groups = self._parameter_groups(net, task)
         model.to(device).train()
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.model = model
-        # Classifier-only keeps the mask fixed: its scores need no gradient (and no backward pass).
-        fixed_scores = net.task_parameters(task, head=False, bn=False) if cfg.method == "classifier" else []
-        for scores in fixed_scores:
-            scores.requires_grad_(False)
         optimizer = make_optimizer(cfg.optimizer_name, groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.decay_epochs), gamma=cfg.lr_decay)
-        autocast, scaler = _autocast(device, cfg.amp)
+        autocast, scaler = autocast_for(device, cfg.amp)
+        batchnorms = trained_batchnorms(model, groups) if cfg.recalibrate_bn else []
+        epoch_metrics = dict(epoch_metrics or {})
         rows, step, start = [], 0, time.perf_counter()
-        bar = tqdm(total=cfg.epochs * len(train_loader), desc=f"{cfg.method} {task}", disable=not self.progress, leave=False)
+        bar = tqdm(total=cfg.epochs * len(train_loader), desc=describe, disable=not self.progress, leave=False)
         try:
             for epoch in range(1, cfg.epochs + 1):
-                def on_step(step: int, loss: float, epoch: int = epoch) -> None:
+                model.train()
+                seen = correct = 0
+                loss_sum = 0.0
+                for x, y in train_loader:
+                    x, y = to_device(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+                    optimizer.zero_grad(set_to_none=True)  # before the forward: no gradient lives through it
+                    with autocast:
+                        logits = model(x)
+                        loss = F.cross_entropy(logits, y)
+                    step += 1
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(f"loss is {loss.item()} at step {step} (epoch {epoch} of {describe}); "
+                                               "lower the learning rate")
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    batch_loss = loss.item()
+                    loss_sum += batch_loss * y.numel()
+                    correct += int((logits.argmax(1) == y).sum())
+                    seen += y.numel()
                     bar.update()
-                    bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
-                    self._trigger("on_step_end", {"epoch": epoch, "step": step, "loss": loss})
-
-                stats, step = train_one_epoch(model, train_loader, optimizer, device=device, autocast=autocast,
-                                              scaler=scaler, step=step, on_step=on_step,
-                                              describe=f"epoch {epoch} of {cfg.method} training of task {task!r}")
-                row = {
-                    "epoch": epoch, "step": step, **stats,
-                    "val_acc": evaluate(model, val_loader, device=device, amp=cfg.amp) if val_loader is not None else float("nan"),
-                    "lr": optimizer.param_groups[0]["lr"], "wall_time": time.perf_counter() - start,
-                    "sparsity": task_sparsity(net, task) if cfg.method == "piggyback" else 0.0,
-                }
+                    bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
+                    self._trigger("on_step_end", {"epoch": epoch, "step": step, "loss": batch_loss})
+                if batchnorms and (val_loader is not None or epoch == cfg.epochs):
+                    recalibrate_batchnorm(model, batchnorms, train_loader, device=device, amp=cfg.amp)
+                row = {"epoch": epoch, "step": step, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                       "val_acc": evaluate(model, val_loader, device=device, amp=cfg.amp) if val_loader is not None
+                       else float("nan"),
+                       "lr": optimizer.param_groups[0]["lr"], "wall_time": time.perf_counter() - start}
+                row.update({name: fn() for name, fn in epoch_metrics.items()})
                 scheduler.step()
                 rows.append(row)
                 self._trigger("on_epoch_end", row)
         finally:
             bar.close()
-            for scores in fixed_scores:
-                scores.requires_grad_(True)
-            self.history = pd.DataFrame(rows, columns=["epoch", "step", "loss", "train_acc", "val_acc", "lr", "wall_time", "sparsity"])
-        if cfg.method != "finetune" and cfg.freeze_at_end:
-            net.freeze_task(task)
+            self.history = pd.DataFrame(rows, columns=[*HISTORY_COLUMNS, *epoch_metrics])
         return self.history
+
+
+def task_sparsity(net: PiggybackNet, task: str) -> float:
+    """Fraction of the task's mask entries that are 0 (paper §5), over all masked weights."""
+    zeros = sum(m.numel() - int(m.count_nonzero()) for m in net.masks(task).values())
+    return zeros / net.num_masked_weights
+
+
+def fit_task(net: PiggybackNet, task: str, train_loader: Iterable, val_loader: Iterable | None = None,
+             config: TrainConfig | None = None, *, progress: bool = True,
+             callbacks: Mapping[str, Callable] | None = None) -> tuple[nn.Module, pd.DataFrame]:
+    """Train `task` of `net` by ``config.method``: ``(trained model, history)``.
+
+    The model is `net` itself for `piggyback` and `classifier` (a piggyback task is frozen
+    into its mask afterwards, unless ``freeze_at_end=False``) and the task's individual
+    network for `finetune` (the shared network is untouched). Piggyback histories have a
+    `sparsity` column.
+    """
+    config = config or TrainConfig()
+    model, groups = net.training_groups(task, config.method, lr=config.lr, lr_scores=config.lr_scores,
+                                        bn_mode=config.bn_mode)
+    trainer = Trainer(config, progress=progress)
+    for event, fn in (callbacks or {}).items():
+        trainer.add_callback(event, fn)
+    metrics = {"sparsity": lambda: task_sparsity(net, task)} if config.method == "piggyback" else {}
+    history = trainer.fit(model, groups, train_loader, val_loader, epoch_metrics=metrics,
+                          describe=f"{config.method} training of task {task!r}")
+    if config.method == "piggyback" and config.freeze_at_end:
+        net.freeze_task(task)
+    return model, history
 
 
 def train(net: PiggybackNet, task: str, train_loader: Iterable, val_loader: Iterable | None = None,
           method: str = "piggyback", *, progress: bool = True, **config) -> pd.DataFrame:
-    """Shortcut: ``Trainer(TrainConfig(method, **config)).fit(net, task, train_loader, val_loader)``."""
-    return Trainer(TrainConfig(method, **config), progress=progress).fit(net, task, train_loader, val_loader)
+    """Shortcut: train `task` of `net` by `method` (`fit_task`) with ``TrainConfig(method, **config)``;
+    return the history."""
+    return fit_task(net, task, train_loader, val_loader, TrainConfig(method, **config), progress=progress)[1]

@@ -57,9 +57,9 @@ from torch import nn
 from .analysis import layer_sparsity
 from .backbones import TINY_CHECKPOINT, load_backbone
 from .datasets import EMBEDDED_TASKS, load_data, make_loaders
-from .masks import DEFAULT_SCALE, DEFAULT_THRESHOLD, INIT_SCHEMES, MASK_KINDS, MaskConfig
-from .network import PiggybackNet
-from .train import BN_MODES, METHODS, Trainer, TrainConfig, evaluate, resolve_device
+from .masked import DEFAULT_SCALE, DEFAULT_THRESHOLD, INIT_SCHEMES, MASK_KINDS, MaskConfig
+from .piggyback import BN_MODES, METHODS, PiggybackNet
+from .train import TrainConfig, Trainer, evaluate, fit_task, resolve_device
 
 __all__ = ["CSS_CLASSES", "RUN_COLUMNS", "Explorer", "RunSettings", "default_backbone"]
 
@@ -323,15 +323,12 @@ class Explorer:
         self.net.add_task(name, data.num_classes, mask=settings.mask_config(), class_names=list(data.classes),
                           seed=self.seed)
         try:
-            trainer = Trainer(config, progress=False)
-            trainer.add_callback("on_step_end", self._on_step)
-            trainer.add_callback("on_epoch_end", self._on_epoch)
             self._live = self._start_curve(number, settings, len(train_loader))
             self._set_status(self._live.progress())
             start = time.perf_counter()
-            history = trainer.fit(self.net, name, train_loader, val_loader)
+            model, history = fit_task(self.net, name, train_loader, val_loader, config, progress=False,
+                                      callbacks={"on_step_end": self._on_step, "on_epoch_end": self._on_epoch})
             self._draw(force=True)
-            model = trainer.model if settings.method == "finetune" else self.net
             accuracy = evaluate(model, test_loader, task=None if settings.method == "finetune" else name,
                                 device=self.device)
             wall_time = time.perf_counter() - start

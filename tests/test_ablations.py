@@ -1,17 +1,16 @@
-"""Ablations: PackNet runs, task order, backbone initialisation, and notebook 08 under papermill."""
+"""Ablations: PackNet runs, task order, backbone initialisation."""
 
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 import piggylab as pl
 from piggylab.ablations import (BackboneVariant, backbone_init_ablation, default_orders, init_variants, order_spread,
-                                randomised, run_packnet, task_order_ablation)
-from piggylab.backbones import TINY_CHECKPOINT
+                                packnet_orders, randomised, run_packnet)
 from piggylab.datasets import embedded_task
+from piggylab.experiments import RunSpec
 from piggylab.packnet import PackNetConfig
 from piggylab.pretrain import record_path, save_checkpoint
 
@@ -36,22 +35,18 @@ def test_run_packnet_rows(backbone, tasks):
                                                                        "sketch": ["train", "retrain"]}
 
 
-def test_task_order_piggyback_is_invariant_packnet_is_not(backbone, tasks):
-    rows, histories = task_order_ablation(backbone, tasks, batch_size=16,
-                                          piggyback=pl.TrainConfig("piggyback", epochs=1, lr_scores=1e-2, device="cpu"),
-                                          packnet=PackNetConfig(epochs=1, retrain_epochs=0, lr=1e-2, device="cpu"))
-    assert len(rows) == 8 and set(rows["order"]) == {"forward", "reversed"}
-    assert set(histories["method"]) == {"piggyback", "packnet"}
-    spread = order_spread(rows).set_index(["method", "task"])
-    for task in ("greek", "sketch"):
-        assert spread.loc[("piggyback", task), "spread"] == 0.0
-    piggyback = rows[rows["method"] == "piggyback"].pivot(index="task", columns="order", values="val_accuracy")
-    assert (piggyback["forward"] == piggyback["reversed"]).all()
-    packnet = rows[rows["method"] == "packnet"].set_index(["task", "order"])
+def test_packnet_depends_on_task_order(backbone, tasks):
+    rows, histories = packnet_orders(backbone, tasks, PackNetConfig(epochs=1, retrain_epochs=0, lr=1e-2, device="cpu"),
+                                     batch_size=16)
+    assert len(rows) == 4 and set(rows["order"]) == {"forward", "reversed"}
+    assert set(rows["label"]) == {"packnet (forward order)", "packnet (reversed order)"}
+    assert set(histories["order"]) == {"forward", "reversed"}
+    packnet = rows.set_index(["task", "order"])
     assert packnet.loc[("greek", "forward"), "position"] == 1 and packnet.loc[("greek", "reversed"), "position"] == 2
     assert packnet.loc[("greek", "forward"), "owned_fraction"] != packnet.loc[("greek", "reversed"), "owned_fraction"]
+    assert set(order_spread(rows)["method"]) == {"packnet"}
     with pytest.raises(ValueError, match="must list each of"):
-        task_order_ablation(backbone, tasks, piggyback=None, packnet=None, orders={"bad": ["greek"]})
+        packnet_orders(backbone, tasks, PackNetConfig(), orders={"bad": ["greek"]})
     assert default_orders(tasks) == {"forward": ["greek", "sketch"], "reversed": ["sketch", "greek"]}
 
 
@@ -61,9 +56,10 @@ def test_backbone_init_ablation(backbone, tasks):
     assert not torch.equal(random.conv1.weight, backbone.conv1.weight)
     assert torch.equal(randomised(backbone, seed=1).conv1.weight, random.conv1.weight)
     variants = [BackboneVariant("pretrained", backbone, "fixture"), BackboneVariant("random", random, "reset")]
-    rows = backbone_init_ablation(variants, tasks[:1], pl.TrainConfig("piggyback", epochs=1, device="cpu"),
+    rows = backbone_init_ablation(variants, tasks[:1], RunSpec(pl.TrainConfig("piggyback", epochs=1, device="cpu")),
                                   batch_size=16)
-    assert rows["variant"].tolist() == ["pretrained", "random"] and set(rows["method"]) == {"piggyback"}
+    assert rows["backbone_variant"].tolist() == ["pretrained", "random"] and set(rows["method"]) == {"piggyback"}
+    assert set(rows["experiment"]) == {"backbone_init"}
     assert {"accuracy", "sparsity", "storage_bytes", "source_accuracy"} <= set(rows.columns)
 
 
@@ -84,21 +80,3 @@ def test_init_variants_pretrain_or_read_an_early_checkpoint(backbone, tmp_path):
     assert early.source_accuracy == 0.25 and torch.equal(early.model.conv1.weight, variants[2].model.conv1.weight)
     with pytest.raises(ValueError, match="tiny backbone only"):
         init_variants(torch.nn.Sequential(torch.nn.Linear(2, 2)), early_checkpoint=None, early_epochs=1)
-
-
-@pytest.mark.skipif(not TINY_CHECKPOINT.exists(), reason="needs the committed tiny backbone")
-def test_notebook_08_smoke_run(tmp_path):
-    papermill = pytest.importorskip("papermill")
-    out = tmp_path / "out"
-    papermill.execute_notebook(str(ROOT / "notebooks" / "08_baselines.ipynb"), str(tmp_path / "run.ipynb"),
-                               parameters={"smoke": True, "output_dir": str(out), "device": "cpu"},
-                               kernel_name="python3", cwd=str(ROOT), progress_bar=False)
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["notebook"] == "08_baselines"
-    results = pd.DataFrame(metrics["results"])
-    expected = {"classifier", "finetune", "piggyback", "piggyback + task BN", "packnet (forward order)",
-                "packnet (reversed order)", "piggyback (reversed order)", "piggyback (random backbone)"}
-    assert expected <= set(results["method"])
-    assert {"task", "method", "accuracy", "sparsity", "storage_bytes"} <= set(results.columns)
-    for name in ("comparison", "storage", "task_order", "backbone_init"):
-        assert (out / f"{name}.csv").exists() and (out / f"{name}.html").exists()

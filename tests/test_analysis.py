@@ -6,7 +6,7 @@ import piggylab as pl
 def test_layer_sparsity_counts_zeros(backbone):
     net = pl.PiggybackNet(backbone)
     net.add_task("a", 3)
-    first = net.parametrization("conv1")
+    first = net.layer_masks("conv1")
     with torch.no_grad():
         first.scores["a"].view(-1)[:10] = -1.0
     table = pl.layer_sparsity(net, "a")

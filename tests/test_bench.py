@@ -1,9 +1,8 @@
-"""The benchmark's smoke test (`--quick`, CPU), the memory-saving paths it measures, and the
+"""The benchmark's smoke test (`--quick`, CPU), the memory-saving path it measures, and the
 CUDA check of the core that runs wherever a GPU is at hand. No timing is asserted."""
 
 import json
 import math
-import weakref
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 
 import piggylab as pl
 from piggylab import bench
-from piggylab.masks import MaskConfig, masked_weight, recompute_masked_weights
+from piggylab.masked import MaskConfig, MaskedConv2d, MaskedLinear, StraightThroughMask
 
 SECTIONS = ("train_step", "train_memory", "storage", "task_switch", "inference")
 
@@ -44,81 +43,61 @@ def test_quick_bench_writes_every_section(tmp_path):
             assert row["rice_bits_per_weight"] < 0.5
 
 
-def small_convnet() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
-
-
-@pytest.mark.parametrize("config", [MaskConfig(init="uniform"), MaskConfig(kind="ternary", init="uniform"),
-                                    MaskConfig(init="uniform", grad_scaling="layer")])
-def test_recomputed_masked_weights_give_the_same_gradients(config):
-    net = pl.PiggybackNet(small_convnet())
-    net.add_task("t", 4, mask=config)
-    x = torch.randn(2, 3, 8, 8)
-    grads = []
-    for context in (torch.enable_grad(), recompute_masked_weights()):
-        with context:
-            loss = net(x).square().sum()
-        params = net.task_parameters("t")
-        grads.append(torch.autograd.grad(loss, params))
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
-
-
-@pytest.mark.parametrize("use", {"matmul (saved-tensor hooks)": lambda x, w: w @ x.t(),
-                                 "linear (fused)": lambda x, w: F.linear(x, w)}.items(), ids=lambda u: u[0])
-@pytest.mark.parametrize("recompute", [False, True])
-def test_recomputing_keeps_no_masked_weight_and_notices_changed_scores(recompute, use):
-    weight, scores = torch.randn(5, 5), torch.full((5, 5), 1e-2, requires_grad=True)
-    with recompute_masked_weights() if recompute else torch.enable_grad():
-        effective = masked_weight(weight, scores, MaskConfig())
-        out = use[1](torch.randn(3, 5, requires_grad=True), effective)  # keeps its weight for backward
-    kept = weakref.ref(effective)
-    del effective
-    assert (kept() is None) == recompute
-    with torch.no_grad():
-        scores.add_(1.0)
-    if recompute:
-        with pytest.raises(RuntimeError, match="modified in place"):
-            out.sum().backward()
-
-
 LAYERS = {"conv strided, grouped": (nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
           "conv dilated": (nn.Conv2d(4, 6, 3, padding=(2, 1), dilation=(2, 1)), (2, 4, 9, 9)),
-          "conv padding=same (not fused)": (nn.Conv2d(4, 6, 3, padding="same"), (2, 4, 9, 9)),
-          "conv on an unbatched image (not fused)": (nn.Conv2d(4, 6, 3), (4, 9, 9)),
+          "conv padding=same": (nn.Conv2d(4, 6, 3, padding="same"), (2, 4, 9, 9)),
+          "conv on an unbatched image": (nn.Conv2d(4, 6, 3), (4, 9, 9)),
           "linear on 3-d input": (nn.Linear(4, 6), (2, 3, 4))}
 
 
-@pytest.mark.parametrize("name", LAYERS)
-@pytest.mark.parametrize("config", [MaskConfig(init="uniform"), MaskConfig(kind="ternary", init="uniform", grad_scaling="elementwise")])
-def test_fused_masked_layers_give_autograds_gradients(name, config):
-    """conv2d and linear on a masked weight while recomputing: the gradients of input, scores
-    and bias are those of plain autograd, and their backward is the fused one."""
+def _wrapped(name, config):
     torch.manual_seed(0)
     layer, shape = LAYERS[name]
+    wrapper = (MaskedConv2d if isinstance(layer, nn.Conv2d) else MaskedLinear)(layer)
+    wrapper.masks.add_task("t", config, layer.weight)
+    wrapper.masks.activate("t", config, layer.weight)
     layer.bias.requires_grad_(True)
-    scores = torch.nn.Parameter(pl.masks.init_scores(layer.weight, config))
-    x = torch.randn(shape, requires_grad=True)
-    run = (lambda w: layer._conv_forward(x, w, layer.bias)) if isinstance(layer, nn.Conv2d) else \
-        (lambda w: F.linear(x, w, layer.bias))
-    grads, nodes = [], []
-    for context in (torch.enable_grad(), recompute_masked_weights()):
-        with context:
-            out = run(masked_weight(layer.weight.detach(), scores, config))
-        nodes.append(type(out.grad_fn).__name__)
-        grads.append(torch.autograd.grad(out.square().sum(), (x, scores, layer.bias)))
-    for plain, fused in zip(*grads):
-        torch.testing.assert_close(fused, plain)
-    assert (nodes[1] == "_MaskedLayerBackward") == ("not fused" not in name)
+    return wrapper, layer, torch.randn(shape, requires_grad=True)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("config", [MaskConfig(init="uniform"),
+                                    MaskConfig(kind="ternary", init="uniform", grad_scaling="elementwise")])
+def test_masked_layers_give_plain_autograds_gradients(name, config):
+    """A masked conv or linear layer in training (one autograd Function, the masked weight
+    remade in backward): the gradients of input, scores and bias are plain autograd's."""
+    wrapper, layer, x = _wrapped(name, config)
+    scores = wrapper.masks.scores["t"]
+    plain = layer._conv_forward if isinstance(layer, nn.Conv2d) else (lambda x, w, b: F.linear(x, w, b))
+    reference = plain(x, StraightThroughMask.apply(layer.weight, scores, config), layer.bias)
+    expected = torch.autograd.grad(reference.square().sum(), (x, scores, layer.bias))
+    out = wrapper(x)
+    nodes = {type(out.grad_fn).__name__, type(out.grad_fn.next_functions[0][0]).__name__}  # (an unbatched squeeze)
+    assert "MaskedLayerFunctionBackward" in nodes
+    for got, want in zip(torch.autograd.grad(out.square().sum(), (x, scores, layer.bias)), expected):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["conv strided, grouped", "linear on 3-d input"])
+def test_a_training_layer_keeps_no_masked_weight_for_backward(name):
+    """What autograd keeps of a masked layer is the input, the frozen weight and the scores,
+    which exist anyway: no weight-sized tensor more (the memory of fine-tuning)."""
+    wrapper, layer, x = _wrapped(name, MaskConfig(init="uniform"))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        wrapper(x)
+    weight_sized = [t for t in saved if t.shape == layer.weight.shape]
+    assert len(weight_sized) == 2 and {t.data_ptr() for t in weight_sized} == {
+        layer.weight.data_ptr(), wrapper.masks.scores["t"].data_ptr()}
 
 
 def test_a_task_in_training_holds_no_cached_masked_weight(backbone):
     net = pl.PiggybackNet(backbone)
     net.add_task("frozen", 3)
     net.freeze_task("frozen")
-    assert net._flat.merged is not None and net._state.merged is not None
+    assert all(masks.merged is not None for _, masks, _ in net.masked_weights())
     net.add_task("new", 3)
-    assert net._flat.merged is None and net._state.merged is None
+    assert all(masks.merged is None for _, masks, _ in net.masked_weights())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -34,7 +34,7 @@ def test_earlier_tasks_and_their_weights_are_unchanged_by_later_tasks(backbone):
     x = torch.randn(8, 3, 32, 32)
     net, _ = _pack(backbone, ["a"])
     before = _logits(net, "a", x)
-    owned = {layer: net.weight(layer).detach().clone() for layer in net.layers}
+    owned = {layer: net.weight(layer).detach().clone() for layer in net.masked_layers}
     index = net.task_index()
     for i, name in enumerate(["b", "c"], start=1):
         net.add_task(name, 3, seed=i)
@@ -51,7 +51,7 @@ def test_earlier_tasks_and_their_weights_are_unchanged_by_later_tasks(backbone):
 def test_free_weights_shrink_by_the_prune_fraction_exactly_per_layer(backbone):
     fractions = [0.5, 0.3, 0.0]
     net = PackNet(backbone)
-    expected = {layer: net.weight(layer).numel() for layer in net.layers}
+    expected = {layer: net.weight(layer).numel() for layer in net.masked_layers}
     assert net.free_fraction() == 1.0
     for k, fraction in enumerate(fractions, start=1):
         net.add_task(f"t{k}", 3, seed=k)
@@ -62,9 +62,9 @@ def test_free_weights_shrink_by_the_prune_fraction_exactly_per_layer(backbone):
         expected = {layer: n - kept[layer] for layer, n in expected.items()}
         assert net.free_counts() == expected
         index = net.task_index()
-        assert all(int((index[layer] == k).sum()) == kept[layer] for layer in net.layers)
-        assert all(index[layer].dtype == torch.uint8 for layer in net.layers)
-        assert all(not net.weight(layer)[index[layer] == 0].any() for layer in net.layers)  # pruned = zero
+        assert all(int((index[layer] == k).sum()) == kept[layer] for layer in net.masked_layers)
+        assert all(index[layer].dtype == torch.uint8 for layer in net.masked_layers)
+        assert all(not net.weight(layer)[index[layer] == 0].any() for layer in net.masked_layers)  # pruned = zero
         assert net.task(f"t{k}").free_after == sum(expected.values())
         assert history["phase"].tolist() == ["train"]
     assert net.free_fraction() == 0.0  # prune_fraction 0: the last task keeps every free weight
@@ -76,10 +76,9 @@ def test_history_storage_and_frozen_bn(backbone):
     assert list(history.columns) == ["phase", "epoch", "step", "loss", "train_acc", "val_acc", "lr", "wall_time"]
     assert history["phase"].tolist() == ["train", "retrain"] and history["step"].tolist() == [2, 4]
     assert history["lr"].tolist() == pytest.approx([1e-2, 1e-3])  # retraining at lr * lr_decay
-    assert all(not bn.per_task for bn in net.batchnorms())
+    assert all(not bn.per_task for _, bn in net.batchnorms())
     shared = {k: v.clone() for k, v in backbone.state_dict().items() if "bn" in k or "downsample.1" in k}
-    current = {k.replace("parametrizations.weight.original", "weight").replace(".shared", ""): v
-               for k, v in net.backbone.state_dict().items()}
+    current = net.backbone_state()
     assert all(torch.equal(current[k], v) for k, v in shared.items())  # frozen BN: the backbone's statistics
     table = net.storage_table()
     assert table.loc[0, "bn_bytes"] == 0 and table.loc[0, "head_bytes"] == 4 * (32 * 3 + 3)

@@ -66,10 +66,8 @@ def test_live_curve_records_and_draws_outside_jupyter():
 def test_live_curve_with_a_trainer(backbone, loaders):
     net = pl.PiggybackNet(backbone)
     net.add_task("toy", 3)
-    trainer = pl.Trainer(pl.TrainConfig(epochs=2, device="cpu"), progress=False)
     live = plots.LiveCurve(("loss", "val_acc", "sparsity"))
-    for event, fn in live.callbacks("toy").items():
-        trainer.add_callback(event, fn)
-    trainer.fit(net, "toy", *loaders)
+    pl.fit_task(net, "toy", *loaders, pl.TrainConfig(epochs=2, device="cpu"), progress=False,
+                callbacks=live.callbacks("toy"))
     assert len(live.epochs) == 2 and len(live.steps) == 2 * len(loaders[0])
     assert len(live.figure().data) == 3

@@ -13,8 +13,8 @@ def _trained_net(backbone, kind="binary", task_bn=False, zeros=0.05):
     net = pl.PiggybackNet(backbone, backbone_name="tiny-test")
     net.add_task("a", 4, mask=pl.MaskConfig(kind=kind), task_bn=task_bn, class_names=list("wxyz"))
     with torch.no_grad():
-        for p in net.parametrizations():
-            s = p.scores["a"]
+        for _, masks, _ in net.masked_weights():
+            s = masks.scores["a"]
             s.copy_(torch.where(torch.rand_like(s) < zeros, torch.full_like(s, -1.0), torch.full_like(s, 1.0)))
             if kind == "ternary":
                 s[torch.rand_like(s) < zeros] = 1e-3  # some exact zeros besides the -1s
@@ -60,12 +60,6 @@ def test_entropy_coding_beats_one_bit_for_sparse_masks():
         assert np.array_equal(storage.rice_decode(stream, header), mask)
     for mask in [np.ones(1000, bool), np.zeros(1000, bool), rng.random(1001) > 0.9]:
         assert np.array_equal(storage.rice_decode(*storage.rice_encode(mask)), mask)
-
-
-def test_ternary_packs_in_two_bits():
-    values = np.array([-1, 0, 1, 1, 0, -1, -1], dtype=np.int8)
-    packed = storage.pack_ternary(values)
-    assert len(packed) == 2 and np.array_equal(storage.unpack_ternary(packed, len(values)), values)
 
 
 def test_other_backbone_is_refused_naming_both_fingerprints(backbone, tmp_path):

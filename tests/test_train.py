@@ -24,17 +24,28 @@ def _logits(net, task, x):
 
 def test_piggyback_learns_and_returns_history(backbone, loaders):
     net = _net(backbone, "a")
-    trainer = pl.Trainer(pl.TrainConfig("piggyback", epochs=3, lr=1e-2, lr_scores=1e-2), progress=False)
     steps, epochs = [], []
-    trainer.add_callback("on_step_end", lambda t, r: steps.append(r["step"]))
-    trainer.add_callback("on_epoch_end", lambda t, r: epochs.append(r["epoch"]))
-    history = trainer.fit(net, "a", *loaders)
-    assert isinstance(history, pd.DataFrame)
+    config = pl.TrainConfig("piggyback", epochs=3, lr=1e-2, lr_scores=1e-2)
+    model, history = pl.fit_task(net, "a", *loaders, config, progress=False, callbacks={
+        "on_step_end": lambda t, r: steps.append(r["step"]), "on_epoch_end": lambda t, r: epochs.append(r["epoch"])})
+    assert model is net and isinstance(history, pd.DataFrame)
     assert list(history.columns) == ["epoch", "step", "loss", "train_acc", "val_acc", "lr", "wall_time", "sparsity"]
     assert history["epoch"].tolist() == [1, 2, 3] and steps == list(range(1, 13)) and epochs == [1, 2, 3]
     assert history["val_acc"].iloc[-1] > 0.6  # three classes: chance is 1/3
     assert 0 < history["sparsity"].iloc[-1] < 0.5
     assert net.is_frozen("a")  # only the thresholded mask is kept
+
+
+def test_the_trainer_trains_any_module_from_its_parameter_groups(loaders):
+    torch.manual_seed(0)
+    model = pl.tiny_resnet(num_classes=3, widths=(8, 16, 32))
+    head, body = list(model.fc.parameters()), [p for n, p in model.named_parameters() if not n.startswith("fc.")]
+    frozen = [p.detach().clone() for p in body]
+    history = pl.Trainer(pl.TrainConfig(epochs=2), progress=False).fit(
+        model.requires_grad_(True), [{"params": head, "lr": 1e-2}], *loaders)
+    assert list(history.columns) == ["epoch", "step", "loss", "train_acc", "val_acc", "lr", "wall_time"]
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, body))  # only the group's parameters moved
 
 
 def test_same_seed_same_history_on_cpu(backbone, loaders):
@@ -77,20 +88,19 @@ def test_task_order_does_not_matter(backbone):
 
 def test_classifier_only_trains_the_head_only(backbone, loaders):
     net = _net(backbone, "a")
-    scores_before = [p.scores["a"].clone() for p in net.parametrizations()]
     head_before = net.heads.heads["a"].weight.clone()
-    pl.train(net, "a", *loaders, method="classifier", epochs=1, freeze_at_end=False, progress=False)
-    assert all(torch.equal(b, p.scores["a"]) for b, p in zip(scores_before, net.parametrizations()))
+    pl.train(net, "a", *loaders, method="classifier", epochs=1, progress=False)
+    assert net.is_frozen("a") and all(mask.all() for mask in net.masks("a").values())  # the mask stays all ones
     assert not torch.equal(head_before, net.heads.heads["a"].weight)
 
 
 def test_finetune_trains_a_separate_copy(backbone, loaders):
     net = _net(backbone, "a")
-    trainer = pl.Trainer(pl.TrainConfig("finetune", epochs=1), progress=False)
     before = {k: v.clone() for k, v in net.backbone_state().items()}
-    trainer.fit(net, "a", *loaders)
+    model, _ = pl.fit_task(net, "a", *loaders, pl.TrainConfig("finetune", epochs=1), progress=False)
     assert all(torch.equal(before[k], v) for k, v in net.backbone_state().items())
-    trained = dict(trainer.model.named_parameters())
+    assert type(model) is type(backbone)
+    trained = dict(model.named_parameters())
     assert not torch.equal(trained["conv1.weight"], net.original_weight("conv1"))
 
 
@@ -123,6 +133,9 @@ def test_bad_input(backbone, loaders):
         pl.TrainConfig(lr=-1.0)
     with pytest.raises(ValueError, match="on_step_end"):
         pl.Trainer().add_callback("on_party", print)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="epochs must be a positive integer"):
+            pl.TrainConfig(epochs=bad)
 
 
 def test_paper_recipe():

@@ -1,0 +1,191 @@
+"""One frozen backbone, many tasks, each a learned binary mask: the piggyback network (paper §3, §5.3).
+
+`PiggybackNet` is a `piggylab.tasks.MultiTaskNet` whose masked layers keep, per task, the
+mask's scores while it trains and its packed 1-bit mask once frozen
+(`piggylab.masked.TaskMasks`). Each task also has its own head and, optionally, its own
+batchnorm (§5.3). The backbone never changes, so no task can disturb another, and a task is
+the same whatever was added before it.
+
+This module holds tasks and says which of their parameters each training method trains
+(`training_groups`); it does not train them (`piggylab.train`) or write them to disk
+(`piggylab.storage`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .checks import check_choice
+from .masked import MaskConfig, TaskMasks
+from .tasks import MultiTaskNet, Task
+
+METHODS = ("piggyback", "finetune", "classifier")
+"""How a task can be trained: its mask and head (`piggyback`), a full copy of the network
+(`finetune`, the paper's "individual networks"), or its head alone (`classifier`)."""
+
+BN_MODES = ("frozen", "task")
+"""Batchnorm of a task: the backbone's, frozen (`frozen`), or the task's own copy (`task`, §5.3)."""
+
+
+@dataclass
+class PiggybackTask(Task):
+    """A piggyback task: how its mask is made, and whether it is trained and frozen."""
+
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    frozen: bool = False
+
+
+class PiggybackNet(MultiTaskNet):
+    """A frozen backbone serving many tasks through learned weight masks.
+
+    >>> net = PiggybackNet(torchvision.models.resnet18(), backbone_name="resnet18")
+    >>> net.add_task("flowers", num_classes=102)   # mask all ones: the pretrained network
+    >>> net.set_task("flowers"); logits = net(images)
+
+    Masked: every Conv2d/Linear weight but the classifier's, and the projection weights of
+    `nn.MultiheadAttention` (ViT attention). Not masked (frozen and shared): biases,
+    batchnorm/layernorm parameters, embeddings such as ViT's class token and position
+    embedding, and ConvNeXt's layer scales, as in the paper where only conv/fc weights are.
+    A frozen task keeps 1 bit per masked weight in memory (2 for ternary); switching to it
+    computes its masked weights once, so it then runs as fast as the plain backbone.
+    """
+
+    task_type = PiggybackTask
+    tasks: dict[str, PiggybackTask]
+
+    def __init__(self, backbone: nn.Module, *, backbone_name: str = "backbone", classifier: str | None = None) -> None:
+        super().__init__(backbone, backbone_name=backbone_name, classifier=classifier, make_masks=TaskMasks)
+
+    # -- tasks -------------------------------------------------------------------------------
+    def add_task(self, name: str, num_classes: int, *, mask: MaskConfig | None = None, task_bn: bool = False,
+                 class_names: Sequence[str] | None = None, activate: bool = True,
+                 seed: int | None = None) -> PiggybackTask:
+        """Add a task with a fresh head and fresh scores; by default it becomes the active task.
+
+        With the default `MaskConfig` (binary, tau 5e-3, constant init 1e-2) the mask starts all
+        ones, i.e. the new task starts from the pretrained network (paper §3). With a `seed`,
+        the head and scores are drawn from their own RNG, so a task starts the same whatever
+        tasks were added before it.
+        """
+        mask = mask or MaskConfig()
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            task = self.new_task(name, num_classes, class_names, mask=mask)
+            for _, masks, weight in self.masked_weights():
+                masks.add_task(name, mask, weight)
+        if task_bn:
+            self.add_task_bn(name)
+        if activate or self.active_task is None:
+            self.set_task(name)
+        return task
+
+    def activate_weights(self, task: PiggybackTask | None) -> None:
+        """Every masked layer computes `task`: a frozen task's merged weights are computed now,
+        one multiply of each frozen weight by the unpacked mask; a task still holding scores
+        masks at every forward, and no merged weights are kept while it trains."""
+        for _, masks, weight in self.masked_weights():
+            masks.activate(None if task is None else task.name, None if task is None else task.mask, weight)
+
+    def freeze_task(self, name: str) -> None:
+        """Replace the task's scores by its packed thresholded masks: all a trained task keeps (§3)."""
+        task = self.check_task(name)
+        for _, masks, _ in self.masked_weights():
+            masks.freeze(name, task.mask)
+        task.frozen = True
+        if self.active_task == name:
+            self.set_task(name)
+
+    def is_frozen(self, name: str) -> bool:
+        return self.check_task(name).frozen
+
+    def masks(self, name: str) -> dict[str, Tensor]:
+        """Per masked weight, the task's mask (bool for binary, int8 for ternary)."""
+        task = self.check_task(name)
+        return {layer: masks.mask(name, task.mask) for layer, masks, _ in self.masked_weights()}
+
+    def packed_masks(self, name: str) -> dict[str, Tensor]:
+        """Per masked weight, the frozen task's packed mask (`piggylab.masked.pack_mask`)."""
+        if not self.is_frozen(name):
+            raise ValueError(f"task {name!r} still has scores; freeze it first (freeze_task)")
+        return {layer: masks.packed[name] for layer, masks, _ in self.masked_weights()}
+
+    def set_masks(self, name: str, masks: dict[str, Tensor], *, packed: bool = False) -> None:
+        """Fix the task's masks and freeze it (for loading): bool/{0, 1} (binary) or {-1, 0, 1}
+        (ternary) tensors shaped like the weights, or with ``packed=True`` their packed bytes.
+        Every mask is checked before any is set, so a bad one leaves the task as it was."""
+        from .masked import pack_mask, packed_size
+
+        task = self.check_task(name)
+        missing = [layer for layer in self.masked_layers if layer not in masks]
+        if missing:
+            raise KeyError(f"no mask for {len(missing)} masked layer(s), e.g. {missing[0]!r}")
+        checked = []
+        for layer, layer_masks, weight in self.masked_weights():
+            given = masks[layer]
+            expected = (packed_size(weight.numel(), task.mask.kind),) if packed else tuple(weight.shape)
+            if tuple(given.shape) != expected:
+                what = "packed mask" if packed else "mask"
+                raise ValueError(f"{what} for {layer} has shape {tuple(given.shape)}, expected {expected}")
+            given = given.to(weight.device)
+            checked.append((layer_masks, given if packed else pack_mask(given, task.mask.kind)))
+        for layer_masks, stream in checked:
+            layer_masks.set_packed(name, stream)
+        task.frozen = True
+        if self.active_task == name:
+            self.set_task(name)
+
+    # -- training ----------------------------------------------------------------------------
+    def task_parameters(self, name: str, *, scores: bool = True, head: bool = True, bn: bool = True) -> list[nn.Parameter]:
+        """The trainable tensors of one task (never a backbone tensor)."""
+        self.check_task(name)
+        params: list[nn.Parameter] = []
+        if scores:
+            params += [masks.scores[name] for _, masks, _ in self.masked_weights() if name in masks.scores]
+        if head:
+            params += list(self.heads.heads[name].parameters())
+        if bn:
+            params += [p for _, b in self.batchnorms() if name in b.per_task for p in b.per_task[name].parameters()]
+        return params
+
+    def training_groups(self, name: str, method: str = "piggyback", *, lr: float, lr_scores: float | None = None,
+                        bn_mode: str | None = None) -> tuple[nn.Module, list[dict]]:
+        """What training task `name` by `method` trains: ``(model, parameter groups)``.
+
+        - `piggyback`: this network; the task's head (and task BN) at `lr`, its scores at
+          `lr_scores` (§3; the task must not be frozen yet).
+        - `classifier`: this network with the task's mask frozen as it is (all ones for a new
+          task), so only the head (and task BN) train, at `lr`, and no gradient flows through
+          the backbone.
+        - `finetune`: `individual_network`, a plain copy of the whole network for the task,
+          every tensor at `lr` (the paper's "individual networks"; BN trained).
+
+        `bn_mode` `task` gives the task its own BN first (§5.3); `frozen` refuses a task that
+        has one; None keeps the task's own setting.
+        """
+        check_choice(method, METHODS, "method")
+        task = self.check_task(name)
+        if bn_mode is not None:
+            check_choice(bn_mode, BN_MODES, "bn_mode")
+            if bn_mode == "task" and not task.task_bn:
+                self.add_task_bn(name)
+            elif bn_mode == "frozen" and task.task_bn:
+                raise ValueError(f"task {name!r} has task-specific BN; bn_mode='frozen' would ignore it")
+        if method == "finetune":
+            model = self.individual_network(name)
+            return model, [{"params": list(model.parameters()), "lr": lr}]
+        if method == "classifier":
+            if not task.frozen:
+                self.freeze_task(name)
+        elif task.frozen:
+            raise ValueError(f"task {name!r} was already trained and frozen into a mask; add a new task to train again")
+        self.set_task(name)
+        groups = [{"params": self.task_parameters(name, scores=False), "lr": lr}]
+        if method == "piggyback":
+            groups.append({"params": self.task_parameters(name, head=False, bn=False),
+                           "lr": lr if lr_scores is None else lr_scores})
+        return self, groups

@@ -1,0 +1,394 @@
+"""What every network of the lab that serves many tasks over one backbone shares.
+
+`MultiTaskNet` takes a torchvision-style classifier and makes a frozen copy of it in which
+
+- every layer Piggyback masks (every `nn.Conv2d`, `nn.Linear` and `nn.MultiheadAttention`
+  but the classifier, paper §3) is a `piggylab.masked.MaskedLayer`;
+- the classifier is `TaskHeads`, one `nn.Linear` head per task;
+- every batchnorm layer is a `TaskBatchNorm`: the backbone's own, frozen, plus optional
+  per-task copies (task-specific BN, §5.3).
+
+It keeps the task registry (`tasks`, with one `Task` record per task), checks task names and
+class counts, switches tasks (`set_task`), runs a batch that mixes tasks (`forward_tasks`,
+`predict`) and turns one task into a plain model of the backbone's own class
+(`plain_model`). What a task keeps inside the masked layers, and how it is trained, is the
+subclass's: `piggylab.piggyback.PiggybackNet` learns masks, `piggylab.packnet.PackNet` prunes.
+
+The backbone's own tensors never change: they are frozen, and its batchnorm layers always
+compute with their stored statistics. `backbone_state` gives them under the names the
+plain backbone has, and `fingerprint` hashes them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checks import positive_int
+from .masked import MaskedLayer, TaskMasks, wrap_layer
+
+TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class Task:
+    """One task of a network: its name, head size, batchnorm and class names."""
+
+    name: str
+    num_classes: int
+    task_bn: bool = False
+    class_names: list[str] = field(default_factory=list)
+
+
+class TaskHeads(nn.Module):
+    """The classifier slot of the backbone: one `nn.Linear` head per task."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.heads = nn.ModuleDict()
+        self.active: str | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.heads[self.active](x)
+
+
+class TaskBatchNorm(nn.Module):
+    """A backbone batchnorm layer, shared and frozen, plus optional per-task copies (§5.3).
+
+    Tasks without their own copy use the shared layer's affine parameters and running
+    statistics in inference mode, so training them can never move the backbone. A task with
+    task-specific BN trains its own copy (initialised from the shared one) in the usual way.
+    """
+
+    def __init__(self, shared: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.shared = shared
+        self.per_task = nn.ModuleDict()
+        self.active: str | None = None
+        self._affine: tuple[tuple, Tensor, Tensor] | None = None  # (key, scale, shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.active in self.per_task:
+            return self.per_task[self.active](x)
+        bn = self.shared
+        if not (x.requires_grad and torch.is_grad_enabled()):  # the plain network's own kernel
+            return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        # Frozen statistics make BN an affine map: one multiply-add, which (unlike
+        # F.batch_norm) keeps no copy of its input for the backward pass. Autocast computes
+        # addcmul in the widest type (float32): the result goes back to the input's type.
+        scale, shift = self.frozen_affine()
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        out = torch.addcmul(shift.view(shape), x, scale.view(shape))
+        return out if out.dtype == x.dtype else out.to(x.dtype)
+
+    def frozen_affine(self) -> tuple[Tensor, Tensor]:
+        """(scale, shift) with ``bn(x) = x * scale + shift`` for the shared layer in inference
+        mode; computed once and again only after its statistics or parameters change."""
+        bn = self.shared
+        tensors = [t for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias) if t is not None]
+        key = (*(t._version for t in tensors), *(id(t) for t in tensors), bn.running_var.device, bn.running_var.dtype)
+        if self._affine is None or self._affine[0] != key:
+            with torch.no_grad():
+                scale = torch.rsqrt(bn.running_var + bn.eps)
+                shift = -bn.running_mean * scale
+                if bn.affine:
+                    scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+            self._affine = (key, scale, shift)
+        return self._affine[1], self._affine[2]
+
+    def for_task(self, task: str) -> nn.modules.batchnorm._BatchNorm:
+        """The batchnorm layer `task` computes with: its own copy, or the shared one."""
+        return self.per_task[task] if task in self.per_task else self.shared
+
+
+def find_classifier(model: nn.Module, name: str | None = None) -> str:
+    """The name of `model`'s classifier: `name` if given (it must be an `nn.Linear`), else its
+    last `nn.Linear` outside any attention block."""
+    if name is not None:
+        if not isinstance(model.get_submodule(name), nn.Linear):
+            raise ValueError(f"classifier {name!r} is not an nn.Linear layer")
+        return name
+    inside_attention = {id(m) for a in model.modules() if isinstance(a, nn.MultiheadAttention) for m in a.modules()}
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in inside_attention]
+    if not linears:
+        raise ValueError("cannot find the classifier: the model has no nn.Linear layer; pass classifier=")
+    return linears[-1]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _wrap(module: nn.Module, prefix: str, skip: str, make_masks: Callable, layers: dict[str, MaskedLayer]) -> None:
+    """Replace every maskable child of `module` (recursively; not `skip`) by its masked wrapper."""
+    for child_name, child in list(module.named_children()):
+        name = f"{prefix}{child_name}"
+        if name == skip:
+            continue
+        wrapper = wrap_layer(child, make_masks)
+        if wrapper is not None:
+            setattr(module, child_name, wrapper)
+            layers[name] = wrapper
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, child_name, TaskBatchNorm(child))
+        else:
+            _wrap(child, f"{name}.", skip, make_masks, layers)
+
+
+def weight_name(layer: str, attr: str) -> str:
+    """The name of one masked weight: its layer's for a layer's own ``weight``, else the
+    layer's plus the attribute (attention: ``….in_proj_weight``, ``….out_proj``)."""
+    if attr == "weight":
+        return layer
+    return f"{layer}.{attr.removesuffix('.weight')}"
+
+
+class MultiTaskNet(nn.Module):
+    """A frozen backbone serving many tasks; see the module docstring.
+
+    `make_masks(shape)` makes the per-task view of one masked weight: `TaskMasks` for
+    Piggyback, PackNet's task index for PackNet.
+    """
+
+    task_type: type[Task] = Task
+
+    def __init__(self, backbone: nn.Module, *, backbone_name: str = "backbone", classifier: str | None = None,
+                 make_masks: Callable[[tuple[int, ...]], nn.Module] = TaskMasks) -> None:
+        super().__init__()
+        backbone = copy.deepcopy(backbone)
+        plain_names = {id(t): k for k, t in backbone.state_dict(keep_vars=True).items()}
+        self.classifier_name = find_classifier(backbone, classifier)
+        head = backbone.get_submodule(self.classifier_name)
+        _set_submodule(backbone, self.classifier_name, TaskHeads(head.in_features))
+        backbone.requires_grad_(False)
+        self._layers: dict[str, MaskedLayer] = {}
+        _wrap(backbone, "", self.classifier_name, make_masks, self._layers)
+        if not self._layers:
+            raise ValueError("the model has no Conv2d, Linear or MultiheadAttention layer besides its classifier")
+        self.backbone = backbone
+        self.backbone_name = backbone_name
+        wrapped = {plain_names[id(t)]: k for k, t in backbone.state_dict(keep_vars=True).items() if id(t) in plain_names}
+        self._backbone_keys = [(plain, wrapped[plain]) for plain in plain_names.values() if plain in wrapped]
+        self.masked_layers: dict[str, tuple[MaskedLayer, str]] = {
+            weight_name(layer, attr): (wrapper, attr)
+            for layer, wrapper in self._layers.items() for attr in wrapper.masked_weights()}
+        self.tasks: dict[str, Task] = {}
+        self.active_task: str | None = None
+        self._fingerprint: str | None = None
+
+    # -- structure -------------------------------------------------------------------------
+    def masked_weights(self) -> Iterator[tuple[str, nn.Module, Tensor]]:
+        """(name, per-task masks, frozen weight) of every masked weight, in forward order."""
+        for layer, wrapper in self._layers.items():
+            for attr, (masks, weight) in wrapper.masked_weights().items():
+                yield weight_name(layer, attr), masks, weight
+
+    def layer_masks(self, name: str) -> nn.Module:
+        """The per-task masks of the masked weight `name`."""
+        wrapper, attr = self.masked_layers[name]
+        return wrapper.masked_weights()[attr][0]
+
+    def original_weight(self, name: str) -> Tensor:
+        """The frozen weight of the masked weight `name`."""
+        wrapper, attr = self.masked_layers[name]
+        return wrapper.masked_weights()[attr][1]
+
+    @property
+    def heads(self) -> TaskHeads:
+        return self.backbone.get_submodule(self.classifier_name)
+
+    def batchnorms(self) -> Iterator[tuple[str, TaskBatchNorm]]:
+        for name, module in self.backbone.named_modules():
+            if isinstance(module, TaskBatchNorm):
+                yield name, module
+
+    @property
+    def num_masked_weights(self) -> int:
+        return sum(weight.numel() for _, _, weight in self.masked_weights())
+
+    def backbone_state(self) -> dict[str, Tensor]:
+        """The backbone's frozen tensors (no task's), under the plain backbone's names."""
+        state = self.backbone.state_dict(keep_vars=True)
+        return {plain: state[key] for plain, key in self._backbone_keys}
+
+    def fingerprint(self) -> str:
+        """SHA-256 (first 16 hex digits) of the frozen backbone, classifier excepted: weights,
+        biases and BN statistics, by the plain backbone's names (`backbone_fingerprint`)."""
+        if self._fingerprint is None:
+            self._fingerprint = backbone_fingerprint(self.backbone_state())
+        return self._fingerprint
+
+    # -- the task registry ---------------------------------------------------------------------
+    def check_task(self, name: str) -> Task:
+        """The task called `name`, or a KeyError naming the known tasks."""
+        if name not in self.tasks:
+            known = ", ".join(self.tasks) or "none yet"
+            raise KeyError(f"unknown task {name!r}; known tasks: {known}")
+        return self.tasks[name]
+
+    task = check_task
+
+    def check_tasks(self, names: Sequence[str]) -> None:
+        """Refuse `names` if any of them is not a task (the error lists the unknown ones)."""
+        unknown = sorted(set(names) - set(self.tasks))
+        if unknown:
+            raise KeyError(f"unknown task(s) {', '.join(map(repr, unknown))}; known tasks: "
+                           f"{', '.join(self.tasks) or 'none yet'}")
+
+    def check_new_task(self, name: str, num_classes: int, class_names: Sequence[str] | None) -> tuple[int, list[str]]:
+        """Refuse a bad name (or one in use) and a class count that is not a positive integer or
+        does not match `class_names`; return (num_classes, class_names)."""
+        if not isinstance(name, str) or not TASK_NAME.match(name):
+            raise ValueError(f"task name {name!r} must be letters, digits, '_' or '-', starting with a letter or '_'")
+        if name in self.tasks:
+            raise ValueError(f"task {name!r} already exists; remove it first")
+        if hasattr(nn.Module(), name):
+            raise ValueError(f"task name {name!r} is reserved (an nn.Module attribute); choose another")
+        num_classes = positive_int(num_classes, "num_classes")
+        class_names = list(class_names) if class_names is not None else []
+        if class_names and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
+        return num_classes, class_names
+
+    def new_task(self, name: str, num_classes: int, class_names: Sequence[str] | None, **fields) -> Task:
+        """Check a new task (`check_new_task`), give it a fresh head and register it."""
+        num_classes, class_names = self.check_new_task(name, num_classes, class_names)
+        device = next(iter(self.masked_weights()))[2].device
+        self.heads.heads[name] = nn.Linear(self.heads.in_features, num_classes).to(device)
+        task = self.task_type(name, num_classes, class_names=class_names, **fields)
+        self.tasks[name] = task
+        return task
+
+    def add_task_bn(self, name: str) -> None:
+        """Give the task its own copy of every batchnorm layer, starting from the backbone's (§5.3)."""
+        task = self.check_task(name)
+        for _, bn in self.batchnorms():
+            bn.per_task[name] = copy.deepcopy(bn.shared).requires_grad_(True)
+        task.task_bn = True
+
+    def remove_task(self, name: str) -> None:
+        """Forget the task: its head, BN copies and what the masked layers keep of it."""
+        self.check_task(name)
+        for _, masks, _ in self.masked_weights():
+            masks.remove_task(name)
+        del self.heads.heads[name]
+        for _, bn in self.batchnorms():
+            if name in bn.per_task:
+                del bn.per_task[name]
+        del self.tasks[name]
+        if self.active_task == name:
+            self.active_task = self.heads.active = None
+            for _, bn in self.batchnorms():
+                bn.active = None
+            if self.tasks:
+                self.set_task(next(iter(self.tasks)))
+
+    def set_task(self, name: str) -> None:
+        """Make `name` the task the network computes: its head, BN and weights (`activate_weights`).
+        If making its weights fails, no task is left active, so no layer computes another's."""
+        task = self.check_task(name)
+        self.active_task = self.heads.active = name
+        for _, bn in self.batchnorms():
+            bn.active = name
+        try:
+            self.activate_weights(task)
+        except BaseException:
+            self.active_task = self.heads.active = None
+            self.activate_weights(None)
+            raise
+
+    def activate_weights(self, task: Task | None) -> None:
+        """Make every masked layer compute `task`'s weights (None: the plain ones); the subclass's."""
+        raise NotImplementedError
+
+    def task_state(self, name: str) -> dict[str, Tensor]:
+        """The head and task-specific BN tensors of one task (its masks apart)."""
+        self.check_task(name)
+        state = {f"head.{k}": v for k, v in self.heads.heads[name].state_dict().items()}
+        for layer, bn in self.batchnorms():
+            if name in bn.per_task:
+                state.update({f"bn.{layer}.{k}": v for k, v in bn.per_task[name].state_dict().items()})
+        return state
+
+    def load_task_state(self, name: str, state: dict[str, Tensor]) -> None:
+        self.check_task(name)
+        self.heads.heads[name].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        for layer, bn in self.batchnorms():
+            if name in bn.per_task:
+                prefix = f"bn.{layer}."
+                bn.per_task[name].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    # -- computing -------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if self.active_task is None:
+            raise RuntimeError("no active task: add one with add_task(...) or choose one with set_task(...)")
+        return self.backbone(x)
+
+    def forward_tasks(self, x: Tensor, tasks: Sequence[str]) -> list[Tensor]:
+        """Each sample's logits under its own task (``tasks[i]`` for ``x[i]``), in input order.
+
+        Samples are grouped by task, so each task runs one pass over its samples; every
+        result equals ``set_task(t); net(x[i:i + 1])``. Unknown tasks are refused before
+        anything runs. The active task is the same afterwards.
+        """
+        tasks = list(tasks)
+        if len(tasks) != len(x):
+            raise ValueError(f"{len(tasks)} task names for {len(x)} samples; give one per sample")
+        self.check_tasks(tasks)
+        before, out = self.active_task, [None] * len(tasks)
+        try:
+            for name in dict.fromkeys(tasks):
+                index = [i for i, t in enumerate(tasks) if t == name]
+                self.set_task(name)
+                for i, logits in zip(index, self(x[index])):
+                    out[i] = logits
+        finally:
+            if before is not None and before != self.active_task:
+                self.set_task(before)
+        return out
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, tasks: Sequence[str]) -> Tensor:
+        """Each sample's predicted class under its own task, in input order (`forward_tasks`)."""
+        return torch.stack([logits.argmax() for logits in self.forward_tasks(x, tasks)])
+
+    def plain_model(self, name: str) -> nn.Module:
+        """A plain model of the backbone's own class computing task `name`: its weights baked
+        in, its BN (own or shared) and its head as the classifier; frozen, on the same device.
+        The network is unchanged (but `name` becomes the active task)."""
+        self.set_task(name)
+        memo: dict[int, nn.Module] = {id(wrapper): wrapper.unwrap() for wrapper in self._layers.values()}
+        for _, bn in self.batchnorms():
+            memo[id(bn)] = copy.deepcopy(bn.for_task(name))
+        memo[id(self.heads)] = copy.deepcopy(self.heads.heads[name])
+        model = copy.deepcopy(self.backbone, memo)
+        return model.requires_grad_(False)
+
+    def individual_network(self, name: str) -> nn.Module:
+        """A plain, fully trainable copy of the network for task `name` (`plain_model`): the
+        paper's fine-tuning baseline ("individual networks") starts from it."""
+        return self.plain_model(name).requires_grad_(True)
+
+    def extra_repr(self) -> str:
+        return (f"backbone={self.backbone_name!r}, masked_layers={len(self.masked_layers)}, "
+                f"masked_weights={self.num_masked_weights}, tasks={list(self.tasks)}, active={self.active_task!r}")
+
+
+def backbone_fingerprint(state: dict[str, Tensor]) -> str:
+    """SHA-256 (first 16 hex digits) of a state dict's names and tensor bytes, in order: the
+    identity of a backbone (`MultiTaskNet.fingerprint` of a network over it, which leaves the
+    classifier out)."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
