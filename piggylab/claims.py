@@ -25,11 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .datasets import EMBEDDED_TASKS
+from .io import atomic_write_text
 from .masked import DEFAULT_SCALE, DEFAULT_THRESHOLD
 
 SHOWN = ("yes", "no", "not run")
@@ -366,6 +368,30 @@ def evaluate(results: pd.DataFrame, seed: int | None = None) -> pd.DataFrame:
             verdict = Claim(cid, claim.__doc__.splitlines()[0], f"could not be evaluated: {error}", "not run")
         rows.append({"claim": verdict.id, "paper": verdict.paper, "measured": verdict.measured, "shown": verdict.shown})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def text_table(claims: pd.DataFrame) -> str:
+    """The claims table as plain text for a terminal: per claim its verdict, statement and measurement."""
+    width = max(len(s) for s in SHOWN)
+    lines = []
+    for r in claims.itertuples():
+        lines += [f"{r.claim:<4} {r.shown:<{width}}  {r.paper}", f"{'':<{width + 6}}measured: {r.measured}"]
+    shown = claims["shown"].value_counts()
+    lines.append(", ".join(f"{shown.get(s, 0)} {s}" for s in SHOWN))
+    return "\n".join(lines)
+
+
+def write_claims(run_dir: str | Path) -> tuple[str, Path]:
+    """Evaluate every claim on the batch in `run_dir` (its runs' metrics.json, `piggylab.report.collect`),
+    write ``claims.csv`` there and return ``(text table, path)``."""
+    from .report import collect
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no batch output folder at {run_dir}")
+    claims = evaluate(collect(run_dir).results)
+    path = atomic_write_text(run_dir / "claims.csv", claims.to_csv(index=False))
+    return text_table(claims), path
 
 
 def markdown(claims: pd.DataFrame) -> str:

@@ -1,9 +1,11 @@
-"""The ``piggylab`` command line: ``piggylab batch GRID.yaml`` and ``piggylab report RUN_DIR``.
+"""The ``piggylab`` command line: ``piggylab batch GRID.yaml``, ``piggylab report RUN_DIR`` and
+``piggylab claims RUN_DIR``.
 
-A thin argparse layer over `piggylab.batch.run_batch` and `piggylab.report.build_report`;
-the grid format and what a batch writes are documented in `piggylab.batch`. Exit status: 0
-when every run finished, 1 when some failed (the report lists them), 2 for a bad grid or
-command line, 130 when interrupted (rerun the same command to resume).
+A thin argparse layer over `piggylab.batch.run_batch`, `piggylab.report.build_report` and
+`piggylab.claims.write_claims`; the grid format and what a batch writes are documented in
+`piggylab.batch`. Exit status: 0 when every run finished, 1 when some failed (the report lists
+them), 2 for a bad grid or command line, 130 when interrupted (rerun the same command to
+resume). ``claims`` always exits 0: it reports, it does not fail.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild results.csv and report.html from a batch's output folder")
     report.add_argument("output", metavar="RUN_DIR", help="a batch's output folder (the grid's 'output')")
     report.add_argument("--title", help="page title")
+
+    claims = commands.add_parser("claims", help="check the paper's claims (C1-C10) against a batch's results",
+                                 description="Read RUN_DIR's results (results.csv, or its runs' metrics.json), "
+                                 "print the claims table and write RUN_DIR/claims.csv. Always exits 0.")
+    claims.add_argument("output", metavar="RUN_DIR", help="a batch's output folder (the grid's 'output')")
     return parser
 
 
@@ -86,13 +93,29 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claims(args: argparse.Namespace) -> int:
+    from .claims import write_claims
+
+    try:
+        table, path = write_claims(args.output)
+    except FileNotFoundError as exc:
+        print(f"piggylab claims: {exc}", file=sys.stderr)
+        return 0
+    print(table)
+    print(f"claims: {path}")
+    return 0
+
+
+COMMANDS = {"batch": _batch, "report": _report, "claims": _claims}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``piggylab`` script; returns the exit status."""
     from .batch import GridError
 
     args = build_parser().parse_args(argv)
     try:
-        return _batch(args) if args.command == "batch" else _report(args)
+        return COMMANDS[args.command](args)
     except GridError as exc:
         print(f"piggylab {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,7 +7,8 @@ The input is a batch output folder as `piggylab.batch` writes it::
     OUTPUT/runs/RUN_ID/metrics.json the notebook's results (present only for a finished run)
     OUTPUT/runs/RUN_ID/error.txt    why the run failed (present only for a failed run)
 
-The report has tables (pandas) and plotly figures per notebook (accuracy per task and
+The report opens with the claims table (`piggylab.claims`, also written as ``claims.csv``),
+then has tables (pandas) and plotly figures per notebook (accuracy per task and
 method, sparsity per task, storage per method on a log scale), the failed and unfinished
 runs, and every run's parameters. plotly.js is inlined once in the page, so it opens from
 disk in a browser with no server and no network. This module neither runs notebooks nor
@@ -29,7 +30,6 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
-
 
 from .io import atomic_write_text
 
@@ -232,6 +232,9 @@ th { background: #f3f3f3; }
 td { white-space: nowrap; }
 .scroll { overflow-x: auto; }
 .failed { color: #b00020; } .ok { color: #1b7e3c; }
+.shown-yes { color: #1b7e3c; font-weight: bold; } .shown-no { color: #b00020; font-weight: bold; }
+.shown-not-run { color: #777; }
+#claims + p + .scroll td { white-space: normal; }
 code, pre { font-size: 0.85rem; }
 """
 
@@ -280,13 +283,28 @@ def _environment_section(runs: pd.DataFrame) -> str:
     return "<h2>Environment</h2>\n<p>As recorded by the first finished run.</p>\n" + _table(env)
 
 
-def render_report(collected: Collected, *, title: str = "piggylab batch report", description: str = "") -> str:
-    """The report page as a string (see the module docstring for what it contains)."""
+def _claims_section(claims: pd.DataFrame) -> str:
+    """The claims table (`piggylab.claims`), the report's first section."""
+    shown = claims.assign(shown=[f'<span class="shown-{s.replace(" ", "-")}">{html.escape(s)}</span>'
+                                 for s in claims["shown"]])
+    return ("<h2 id=\"claims\">The paper's claims</h2>\n<p>Each claim of the paper checked against this batch's "
+            f"results (also in {_link('claims.csv', 'claims.csv')}; <code>piggylab claims</code> prints it). Where "
+            "there are several seeds a margin counts only if it is larger than its seed-to-seed standard "
+            "deviation.</p>\n" + _table(shown, raw_html={"shown": list(shown["shown"])}))
+
+
+def render_report(collected: Collected, *, title: str = "piggylab batch report", description: str = "",
+                  claims: pd.DataFrame | None = None) -> str:
+    """The report page as a string (see the module docstring for what it contains); it opens with
+    the claims table (`claims`, default: evaluated on `collected`)."""
+    from .claims import evaluate
+
+    claims = evaluate(collected.results) if claims is None else claims
     results, runs = collected.results, collected.runs
     counts = runs["status"].value_counts()
     status = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "failed", "incomplete", "pending") if counts.get(s, 0))
     generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    sections = [f"<p>{html.escape(description)}</p>" if description else "",
+    sections = [f"<p>{html.escape(description)}</p>" if description else "", _claims_section(claims),
                 f"<p>{len(runs)} runs: {html.escape(status or 'none')}. {len(results)} result rows in "
                 f"{_link('results.csv', 'results.csv')}. Generated {html.escape(generated)}.</p>",
                 _failures_section(runs)]
@@ -314,10 +332,14 @@ def build_report(output: str | Path, *, title: str | None = None) -> Path:
         raise FileNotFoundError(f"no batch output folder at {output}")
     collected = collect(output)
     atomic_write_text(output / "results.csv", collected.results.to_csv(index=False))
+    from .claims import evaluate
+
+    claims = evaluate(collected.results)
+    atomic_write_text(output / "claims.csv", claims.to_csv(index=False))
     batch = _read_json(output / "batch.json")
     name = Path(batch.get("name") or output.name).name
     page = render_report(collected, title=title or f"piggylab batch report: {name}",
-                         description=batch.get("description", ""))
+                         description=batch.get("description", ""), claims=claims)
     report = output / "report.html"
     atomic_write_text(report, page)
     return report
