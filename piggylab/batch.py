@@ -14,7 +14,9 @@ A grid file (YAML) names the notebooks and their parameters::
         grid: {seed: [0, 1]}                    # cartesian product: one run per combination
 
 Relative paths are resolved against the current directory. Every parameter must be one the
-notebook declares in its cell tagged ``parameters``; ``output_dir`` is set by the runner.
+notebook declares in its cell tagged ``parameters``; ``output_dir`` is set by the runner, and
+so is ``cache_dir`` (``OUTPUT/cache``, the batch's run cache, `piggylab.cache`) for notebooks
+that declare it: a run that several notebooks need is trained once per batch.
 `load_grid` checks all of that (and the keys, and the notebook names) before anything runs.
 
 Each run gets its own folder ``OUTPUT/runs/RUN_ID`` (RUN_ID: the notebook, its own parameters
@@ -59,7 +61,7 @@ from .report import MetricsError, build_report, read_metrics
 
 GRID_KEYS = ("description", "output", "notebooks_dir", "workers", "defaults", "runs")
 RUN_KEYS = ("notebook", "parameters", "grid")
-RESERVED_PARAMETERS = ("output_dir",)
+RESERVED_PARAMETERS = ("output_dir", "cache_dir")
 LOCAL_SCHEDULERS = ("local", "local-threads")
 """`local`: a LocalCluster of worker processes; `local-threads`: worker threads in this process."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -86,11 +88,13 @@ class Run:
     parameters: dict[str, Any]
     run_id: str
     run_dir: Path
+    cache_dir: Path | None = None
 
     @property
     def injected(self) -> dict[str, Any]:
-        """The parameters papermill injects: the run's own plus ``output_dir``."""
-        return {**self.parameters, "output_dir": str(self.run_dir)}
+        """The parameters papermill injects: the run's own plus ``output_dir`` (and ``cache_dir``)."""
+        cache = {} if self.cache_dir is None else {"cache_dir": str(self.cache_dir)}
+        return {**self.parameters, "output_dir": str(self.run_dir), **cache}
 
     @property
     def done(self) -> bool:
@@ -236,7 +240,8 @@ def parse_grid(spec: Any, *, name: str = "grid", output: str | Path | None = Non
         axes = _mapping(raw.get("grid"), f"{where}: grid")
         for key in [*own, *axes]:
             if key in RESERVED_PARAMETERS:
-                raise GridError(f"{where}: {key!r} is set by the runner (each run writes into its own folder)")
+                raise GridError(f"{where}: {key!r} is set by the runner (each run writes into its own folder; "
+                                "the batch keeps one run cache)")
             if key not in declared:
                 raise GridError(f"{where}: unknown parameter {key!r}; {notebook} declares: {', '.join(declared)}")
         both = set(own) & set(axes)
@@ -256,7 +261,8 @@ def parse_grid(spec: Any, *, name: str = "grid", output: str | Path | None = Non
             if rid in seen:
                 raise GridError(f"{where}: same notebook and parameters as run #{seen[rid]} ({rid})")
             seen[rid] = number
-            runs.append(Run(notebook, path, parameters, rid, output / "runs" / rid))
+            runs.append(Run(notebook, path, parameters, rid, output / "runs" / rid,
+                            output / "cache" if "cache_dir" in declared else None))
     for kind, given, used in (("defaults", defaults, used_defaults), ("overrides", overrides, used_overrides)):
         unused = [k for k in given if k not in used]
         if unused:
