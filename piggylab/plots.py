@@ -1,4 +1,4 @@
-"""Plotly figures of the lab: training curves, accuracy and storage bars, sparsity maps.
+"""Plotly figures of the lab: training curves, accuracy and storage bars, sparsity maps, the dataset gallery.
 
 Every function takes a pandas DataFrame produced by piggylab (a training history from
 `Trainer.fit`, result rows from `piggylab.experiments`, a sparsity table from
@@ -8,6 +8,9 @@ Jupyter kernel it redraws one output in place, and wherever it runs (JupyterLab,
 a plain script) `LiveCurve.figure()` gives the finished static figure.
 
 Accuracies and sparsities are fractions in the DataFrames and shown as percentages.
+
+`gallery` draws sample images of the embedded tasks (`piggylab.datasets`), the one figure made
+from task names rather than a DataFrame.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from typing import Any
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
+
+from .datasets import EMBEDDED_SOURCE, EMBEDDED_TASKS, PAPER_DATASETS, embedded_task
 
 METRIC_TITLES = {"loss": "training loss", "train_acc": "training accuracy (%)", "val_acc": "validation accuracy (%)",
                  "sparsity": "mask sparsity (%)", "lr": "learning rate"}
@@ -138,6 +144,42 @@ def accuracy_matrix(table: pd.DataFrame, *, title: str = "Accuracy of every task
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=title, xaxis_title="task evaluated", height=120 + 45 * grid.shape[0],
                       width=max(500, 110 * grid.shape[1] + 250))
+    return fig
+
+
+def gallery(tasks: Sequence[str] | None = None, per_task: int = 8, seed: int = 0) -> go.Figure:
+    """Sample test images of the embedded tasks: one row of `per_task` images per task, each
+    row titled with the task and the paper dataset it mirrors, each image with its class.
+
+    `tasks` defaults to the source task and the five target tasks; the paper's datasets are not
+    drawn (they are on disk, not generated).
+    """
+    tasks = list(tasks) if tasks is not None else [EMBEDDED_SOURCE, *EMBEDDED_TASKS]
+    for task in tasks:
+        if task in PAPER_DATASETS and task not in (EMBEDDED_SOURCE, *EMBEDDED_TASKS):
+            raise ValueError(f"gallery shows embedded tasks only; {task!r} is a paper dataset")
+    if per_task < 1:
+        raise ValueError(f"per_task must be >= 1, got {per_task}")
+    rows = []
+    for task in tasks:
+        data = embedded_task(task, seed=seed, sizes={"train": 0, "val": 0, "test": per_task})
+        x, y = data.test.tensors()
+        img = (data.test.denormalise(x) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        rows.append((data, img, y.tolist()))
+    titles = [data.classes[c] for data, _, ys in rows for c in ys]
+    fig = make_subplots(rows=len(rows), cols=per_task, subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.3 / max(1, len(rows)),
+                        row_titles=[f"{d.name} ({d.mirrors})" for d, _, _ in rows])
+    for r, (data, img, ys) in enumerate(rows, start=1):
+        for c in range(per_task):
+            label = f"{data.name}: {data.classes[ys[c]]}"
+            fig.add_trace(go.Image(z=img[c], name=label, hovertemplate=f"{label}<extra></extra>"), row=r, col=c + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=10)
+    fig.update_layout(title="Embedded tasks (row: task (paper dataset it mirrors); image: class)",
+                      height=110 * len(rows) + 80, width=max(500, 90 * per_task + 160),
+                      margin=dict(l=10, r=110, t=60, b=10))
     return fig
 
 

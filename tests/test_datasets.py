@@ -1,4 +1,5 @@
-"""Tests for piggylab.datasets: the embedded tasks, paper-layout loading, loaders and errors."""
+"""Tests for piggylab.datasets: the embedded tasks, paper-layout loading, loaders and errors, and the
+gallery of sample images (piggylab.plots.gallery)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 from piggylab import datasets as D
+from piggylab import plots
+from piggylab.datasets import embedded as E
 
 SMALL = 0.05  # scale for quick tests
 
@@ -32,7 +35,7 @@ def test_public_constants():
     assert D.EMBEDDED_SOURCE == "glyphs"
     assert len(D.EMBEDDED_TASKS) == 5 and D.EMBEDDED_SOURCE not in D.EMBEDDED_TASKS
     assert D.PAPER_DATASETS == {"cubs": 200, "cars": 196, "flowers": 102, "wikiart": 195, "sketch": 250}
-    mirrors = [D._SPECS[n].mirrors for n in D.EMBEDDED_TASKS]
+    mirrors = [E._SPECS[n].mirrors for n in D.EMBEDDED_TASKS]
     assert sorted(mirrors) == sorted(D.PAPER_DATASETS), "each target task mirrors a different paper dataset"
 
 
@@ -41,24 +44,46 @@ def test_fonts_render_the_needed_glyphs():
     assert 15 <= len(fonts) <= 21
     names = {n for n, _ in fonts}
     assert not names & {"cmex10", "cmsy10", "LastResortHE-Regular"}
-    assert len(D.glyph_fonts(D._GREEK)) >= 8 and len(D.glyph_fonts(D._ACCENTS)) >= 8
+    assert len(D.glyph_fonts(E._GREEK)) >= 8 and len(D.glyph_fonts(E._ACCENTS)) >= 8
     # symbol fonts map letters to other shapes: the check (or the curated list) must reject them
-    cmsy = str(D._font_dir() / "cmsy10.ttf")
-    last = str(D._font_dir() / "LastResortHE-Regular.ttf")
-    assert not D._font_renders(last, D._ALNUM)
-    assert not D._font_renders(cmsy, D._GREEK)
+    cmsy = str(E._font_dir() / "cmsy10.ttf")
+    last = str(E._font_dir() / "LastResortHE-Regular.ttf")
+    assert not E._font_renders(last, E._ALNUM)
+    assert not E._font_renders(cmsy, E._GREEK)
+
+
+def test_package_reexports_every_public_name():
+    from piggylab.datasets import embedded, loaders, paper, taskdata
+
+    modules = (taskdata, embedded, paper, loaders)
+    for public in D.__all__:
+        owner = plots if public == "gallery" else next(m for m in modules if public in vars(m))
+        assert getattr(D, public) is getattr(owner, public), public
+    from piggylab.datasets import gallery  # moved to piggylab.plots, still importable from here
+
+    assert gallery is plots.gallery
+    with pytest.raises(AttributeError, match="no attribute 'galery'"):
+        D.galery
+
+
+def test_task_is_the_keyword_everywhere():
+    assert D.embedded_task(task="greek", sizes={"train": 0, "val": 0, "test": 2}).name == "greek"
+    assert D.load_data(task="greek", scale=SMALL).name == "greek"
+    with pytest.raises(FileNotFoundError):
+        D.paper_task(task="cubs", root="/nonexistent")
+    assert len(plots.gallery(tasks=["greek"], per_task=1).data) == 1
 
 
 # ---------------------------------------------------------------------------- embedded tasks
 
 
-@pytest.mark.parametrize("name", [D.EMBEDDED_SOURCE, *D.EMBEDDED_TASKS])
-def test_each_embedded_task_loads(name):
-    data = D.embedded_task(name, scale=SMALL)
-    assert isinstance(data, D.TaskData) and data.name == name
+@pytest.mark.parametrize("task", [D.EMBEDDED_SOURCE, *D.EMBEDDED_TASKS])
+def test_each_embedded_task_loads(task):
+    data = D.embedded_task(task, scale=SMALL)
+    assert isinstance(data, D.TaskData) and data.name == task
     assert data.mirrors and data.description
-    assert data.num_classes == len(data.classes) == len(D._SPECS[name].classes())
-    expected = {k: max(1, round(v * SMALL)) for k, v in D._SPECS[name].sizes.items()}
+    assert data.num_classes == len(data.classes) == len(E._SPECS[task].classes())
+    expected = {k: max(1, round(v * SMALL)) for k, v in E._SPECS[task].sizes.items()}
     assert data.sizes() == expected
     for split in (data.train, data.val, data.test):
         x, y = split[0]
@@ -74,7 +99,7 @@ def test_each_embedded_task_loads(name):
 def test_same_seed_same_images_different_seed_different():
     sizes = {"train": 40, "val": 10, "test": 10}
     a = D.embedded_task("greek", seed=3, sizes=sizes)
-    D._split_tensors.cache_clear()  # regenerate rather than reuse the in-memory cache
+    E._split_tensors.cache_clear()  # regenerate rather than reuse the in-memory cache
     b = D.embedded_task("greek", seed=3, sizes=sizes)
     c = D.embedded_task("greek", seed=4, sizes=sizes)
     for split in ("train", "val", "test"):
@@ -89,10 +114,10 @@ def test_same_seed_same_images_different_seed_different():
     assert torch.equal(sa, sb) and not torch.equal(sa, sc)
 
 
-@pytest.mark.parametrize("name", ["glyphs", "fonts", "sketch"])
-def test_split_sizes_and_disjointness(name):
+@pytest.mark.parametrize("task", ["glyphs", "fonts", "sketch"])
+def test_split_sizes_and_disjointness(task):
     sizes = {"train": 120, "val": 30, "test": 50}
-    data = D.embedded_task(name, seed=1, sizes=sizes)
+    data = D.embedded_task(task, seed=1, sizes=sizes)
     assert data.sizes() == sizes
     tr, va, te = _hashes(data.train), _hashes(data.val), _hashes(data.test)
     assert not (tr & va) and not (tr & te) and not (va & te)
@@ -163,22 +188,22 @@ def test_disk_cache_roundtrip_without_pickle(tmp_path, monkeypatch):
     x = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
     y = np.arange(4, dtype=np.int64)
     path = tmp_path / "sub" / "t.npz"
-    D._write_cache(path, x, y)
+    E._write_cache(path, x, y)
     assert path.is_file() and not list(path.parent.glob("*.tmp*"))
     with np.load(path, allow_pickle=False) as z:
         assert set(z.files) == {"images", "labels"}
-    got = D._read_cache(path, 4)
+    got = E._read_cache(path, 4)
     assert got is not None and np.array_equal(got[0], x) and np.array_equal(got[1], y)
-    assert D._read_cache(path, 5) is None  # wrong size: regenerate
+    assert E._read_cache(path, 5) is None  # wrong size: regenerate
     monkeypatch.setenv("PIGGYLAB_CACHE", str(tmp_path / "c"))
-    assert D._cache_dir() == tmp_path / "c"
+    assert E._cache_dir() == tmp_path / "c"
     monkeypatch.setenv("PIGGYLAB_CACHE", "off")
-    assert D._cache_dir() is None
+    assert E._cache_dir() is None
 
 
 def test_gallery_one_image_per_sample():
     go = pytest.importorskip("plotly.graph_objects")
-    fig = D.gallery(["glyphs", "sketch", "textured"], per_task=3, seed=1)
+    fig = plots.gallery(["glyphs", "sketch", "textured"], per_task=3, seed=1)
     assert isinstance(fig, go.Figure)
     images = [t for t in fig.data if t.type == "image"]
     assert len(images) == 9 == len(fig.data)
@@ -187,7 +212,7 @@ def test_gallery_one_image_per_sample():
     z = np.asarray(images[0].z)
     assert z.shape == (32, 32, 3) and z.dtype == np.uint8
     with pytest.raises(ValueError, match="paper dataset"):
-        D.gallery(["cubs"])
+        plots.gallery(["cubs"])
 
 
 def test_task_table():
@@ -199,13 +224,13 @@ def test_task_table():
 # ---------------------------------------------------------------------------- paper layout
 
 
-def _image_tree(root: Path, name: str = "cubs", classes=("a", "b", "c"), n_train: int = 4, n_test: int = 2) -> Path:
+def _image_tree(root: Path, task: str = "cubs", classes=("a", "b", "c"), n_train: int = 4, n_test: int = 2) -> Path:
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("test", n_test)):
         for c in classes:
-            d = root / name / split / c
+            d = root / task / split / c
             d.mkdir(parents=True)
             for i in range(n):
                 arr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
@@ -269,13 +294,14 @@ def test_paper_task_accepts_reference_folder_names(tmp_path):
 
 
 @pytest.mark.parametrize("fn", [lambda: D.embedded_task("imagenet"), lambda: D.load_data("imagenet"),
-                                lambda: D.paper_task("imagenet", "."), lambda: D.gallery(["imagenet"])])
+                                lambda: D.paper_task("imagenet", "."), lambda: plots.gallery(["imagenet"])])
 def test_unknown_name_lists_known_names(fn):
     with pytest.raises(ValueError) as info:
         fn()
     message = str(info.value)
-    for name in [D.EMBEDDED_SOURCE, *D.EMBEDDED_TASKS, *D.PAPER_DATASETS]:
-        assert name in message
+    assert message.startswith("unknown task 'imagenet'")
+    for task in [D.EMBEDDED_SOURCE, *D.EMBEDDED_TASKS, *D.PAPER_DATASETS]:
+        assert task in message
 
 
 def test_missing_root_shows_layout(tmp_path):
