@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -149,8 +150,12 @@ def _spec_record(net: PiggybackNet, data: TaskData, spec: RunSpec, batch_size: i
 def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, name: str | None = None,
         loaders: tuple[DataLoader, DataLoader, DataLoader] | None = None, batch_size: int = 32,
         cache: RunCache | None = None, callbacks: Mapping[str, Callable] | None = None,
-        progress: bool = False) -> RunResult:
+        progress: bool = False, checkpoint: Path | None = None) -> RunResult:
     """Train `data` as task `name` (default ``data.name``) of `net` by `spec`; see the module docstring.
+
+    With a `checkpoint` path the training's state is saved there after every epoch and, if it
+    is there already, training resumes from it (`fit_task` with ``resume=True``): a killed run
+    goes on where it stopped.
 
     The task's head and scores are seeded by the config's seed, so it trains the same whatever
     other tasks `net` holds. `classifier` trains the head (and task BN) over the all-ones mask;
@@ -164,12 +169,12 @@ def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, name: str | None = 
     name = name or data.name
     key = run_key(_spec_record(net, data, spec, batch_size)) if cache is not None else None
     if cache is None:
-        row, history = _train(net, data, spec, name, loaders, batch_size, callbacks, progress)
+        row, history = _train(net, data, spec, name, loaders, batch_size, callbacks, progress, checkpoint)
         return RunResult(row, history, cached=False)
     with cache.lock(key):
         hit = cache.get(key)
         if hit is None:
-            row, history = _train(net, data, spec, name, loaders, batch_size, callbacks, progress)
+            row, history = _train(net, data, spec, name, loaders, batch_size, callbacks, progress, checkpoint)
             file = task_bytes(net, name) if spec.method != "finetune" else None
             cache.put(key, _spec_record(net, data, spec, batch_size), row, history, file)
             return RunResult(row, history, cached=False)
@@ -180,7 +185,8 @@ def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, name: str | None = 
 
 def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, name: str,
            loaders: tuple[DataLoader, DataLoader, DataLoader] | None, batch_size: int,
-           callbacks: Mapping[str, Callable] | None, progress: bool) -> tuple[dict[str, Any], pd.DataFrame]:
+           callbacks: Mapping[str, Callable] | None, progress: bool,
+           checkpoint: Path | None) -> tuple[dict[str, Any], pd.DataFrame]:
     config = spec.config
     train, val, test = loaders or make_loaders(data, batch_size=batch_size, seed=config.seed)
     mask = spec.mask if spec.method == "piggyback" else MaskConfig()
@@ -188,7 +194,8 @@ def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, name: str,
                  seed=config.seed)
     initial_sparsity = overall_sparsity(net, name)
     start = time.perf_counter()
-    model, history = fit_task(net, name, train, val, config, progress=progress, callbacks=callbacks)
+    model, history = fit_task(net, name, train, val, config, progress=progress, callbacks=callbacks,
+                              checkpoint=checkpoint, resume=True)
     seconds = time.perf_counter() - start
     finetune = spec.method == "finetune"
     accuracy = evaluate(model, test, task=None if finetune else name, device=config.device, amp=config.amp)

@@ -3,13 +3,17 @@
 `atomic_open(path)` gives a new temporary file beside `path`; only once it is fully written
 and synced to disk is it renamed over `path` (an atomic step on POSIX file systems). A
 crash, a kill or a full disk therefore leaves either the old file or the new one, never a
-half-written one, and the temporary file is removed on any error. `atomic_write_bytes`,
+half-written one, and the temporary file is removed on any error; a full disk (or quota, or
+file size limit) is reported as `NoSpaceError`, naming the file and saying the previous one is
+intact. A kill leaves the temporary file (``.NAME.*.tmp``) behind, never a damaged NAME.
+`atomic_write_bytes`,
 `atomic_write_text` and `write_json` are the usual uses. Reading is the callers' (the lab
 never unpickles: safetensors, JSON, CSV and ``.npz`` without pickle).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -18,13 +22,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+NO_SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Errors of a write that found no room: the disk is full, the quota is spent, or the file size
+limit (``ulimit -f``) is reached."""
+
+
+class NoSpaceError(OSError):
+    """A write found no room (`NO_SPACE_ERRORS`); the file it was replacing is intact."""
+
 
 @contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """A new binary file that replaces `path` only once it is fully written and synced.
 
-    On any error the old file stays as it was and the temporary file is removed. The file is
-    created as `open` creates files (the umask applies), not with `tempfile.mkstemp`'s 0600.
+    On any error the old file stays as it was and the temporary file is removed; no room left
+    (`NO_SPACE_ERRORS`, whether in a write, the sync or the rename) raises `NoSpaceError`. The
+    file is created as `open` creates files (the umask applies), not with `tempfile.mkstemp`'s 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +48,11 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRORS:
+            before = "the previous file is intact" if path.exists() else "no file was there before, none is now"
+            raise NoSpaceError(f"no space left while writing {path} ({exc.strerror}): {before}") from exc
         raise
 
 

@@ -16,18 +16,28 @@ not the final one. So before each validation, and at the end, `recalibrate_batch
 re-estimates them with the current weights and mask: one pass over the training batches, a
 plain cumulative average (``momentum=None``). See `TrainConfig.recalibrate_bn`.
 
+Nothing lost: the first batch is checked before any step (an empty loader, images that do
+not fit the model, labels that are not its classes are refused, naming the run's task), and
+with ``checkpoint=PATH`` the run's whole state is saved after every epoch, so that
+``resume=True`` continues a killed run exactly (`piggylab.checkpoints`).
+
 `train(net, task, ...)` is the shortcut for one task of a `PiggybackNet`; `evaluate` gives
-top-1 accuracy. This module does not know about files, plots or notebooks.
+top-1 accuracy. This module does not know about task files, plots or notebooks; the checkpoint
+file itself is `piggylab.checkpoints`'.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -35,13 +45,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checks import check_choice
+from .checkpoints import Progress, TrainingState
+from .checks import check_batch_count, check_choice, check_images, check_labels, images_and_labels
 from .piggyback import BN_MODES, METHODS, PiggybackNet
-from .tasks import MultiTaskNet
+from .tasks import MultiTaskNet, backbone_fingerprint
 
 OPTIMIZERS = ("adam", "sgd")
 EVENTS = ("on_step_end", "on_epoch_end")
 HISTORY_COLUMNS = ["epoch", "step", "loss", "train_acc", "val_acc", "lr", "wall_time"]
+OUTSIDE_A_RUN = ("device", "freeze_at_end")
+"""`TrainConfig` fields that do not determine a run (what happens after it, where it computes):
+a checkpoint resumes whatever they are; every other field must be the checkpoint's."""
 
 
 class TrainingDiverged(FloatingPointError):
@@ -209,26 +223,46 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
     return x.to(device, non_blocking=True)
 
 
+def run_name(action: str, model: nn.Module, task: str | None = None) -> str:
+    """How errors name a run: "ACTION of task 'T'" (`task`, or a multi-task network's active
+    task), else just `action`."""
+    task = task if task is not None else model.active_task if isinstance(model, MultiTaskNet) else None
+    return f"{action} of task {task!r}" if task is not None else action
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, task: str | None = None, device: str | torch.device = "auto",
-             amp: bool = True) -> float:
-    """Top-1 accuracy of `model` (of `task`, for a multi-task network) on `loader`, in eval mode."""
+             amp: bool = True, describe: str | None = None) -> float:
+    """Top-1 accuracy of `model` (of `task`, for a multi-task network) on `loader`, in eval mode.
+
+    Refuses an empty loader, images that do not fit the model's first layer and labels that are
+    not class indices of its output (`piggylab.checks`); errors start with `describe` (default:
+    "evaluation of task 'T'").
+    """
     device = resolve_device(device)
     if isinstance(model, MultiTaskNet) and task is not None:
         model.set_task(task)
+    describe = describe or run_name("evaluation", model, task)
     was_training = model.training
     model.eval().to(device)
     autocast, _ = autocast_for(device, amp)
     channels_last = prefers_channels_last(model)
-    correct = total = 0
-    for x, y in loader:
-        x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
-        with autocast:
-            logits = model(x)
-        correct += int((logits.argmax(1) == y).sum())
-        total += y.numel()
-    model.train(was_training)
-    return correct / max(total, 1)
+    batches = correct = total = 0
+    try:
+        for batch in loader:
+            x, y = images_and_labels(batch, describe)
+            if not batches:
+                check_images(x, model, describe)
+            with autocast:
+                logits = model(to_device(x, device, channels_last))
+            check_labels(y, len(x), logits.shape[1], describe)
+            correct += int((logits.argmax(1) == y.to(device, non_blocking=True)).sum())
+            total += y.numel()
+            batches += 1
+    finally:
+        model.train(was_training)
+    check_batch_count(batches, f"{describe}: the loader")
+    return correct / total
 
 
 @dataclass
@@ -260,17 +294,33 @@ class Trainer:
             fn(self, record)
 
     def fit(self, model: nn.Module, groups: list[dict], train_loader: Iterable, val_loader: Iterable | None = None,
-            *, describe: str = "training", epoch_metrics: Mapping[str, Callable[[], float]] | None = None
-            ) -> pd.DataFrame:
+            *, describe: str | None = None, epoch_metrics: Mapping[str, Callable[[], float]] | None = None,
+            task: str | None = None, backbone: str | None = None, checkpoint: str | Path | None = None,
+            resume: bool = False) -> pd.DataFrame:
         """Train `model` on `groups`; return the history, one row per epoch (`HISTORY_COLUMNS`
         plus one column per `epoch_metrics` entry, each called after the epoch).
 
         The seed is applied to torch's global RNG and to the train loader's own generator, if
         it has one, so on CPU the same seed gives the same history. `describe` names the run in
-        the progress bar and in errors.
+        the progress bar and in errors (default: "training of task 'T'", `run_name`).
+
+        Before the first step, the first batch is checked (`piggylab.checks`): an empty loader,
+        images that do not fit the model's first layer, labels that are not class indices of
+        its output (found by running one image) are refused, with nothing changed.
+
+        With a `checkpoint` path, the run's state is written there after every epoch
+        (`piggylab.checkpoints`); with ``resume=True`` and a checkpoint there, the run goes on
+        from its last complete epoch, as if it had never stopped (on CPU, bit for bit). The
+        checkpoint belongs to the run: `task` (default: a multi-task network's active task),
+        `backbone` (default: `model_fingerprint`) and the config's fields but `OUTSIDE_A_RUN`
+        must be the same, or it is refused with the difference named.
         """
         cfg = self.config
         device = resolve_device(cfg.device)
+        describe = describe or run_name("training", model, task)
+        for loader, which in ((train_loader, "train"), (val_loader, "validation")):
+            if hasattr(loader, "__len__"):
+                check_batch_count(len(loader), f"{describe}: the {which} loader")
         torch.manual_seed(cfg.seed)
         if getattr(train_loader, "generator", None) is not None:  # the loader's own shuffling RNG
             train_loader.generator.manual_seed(cfg.seed)
@@ -283,14 +333,25 @@ class Trainer:
         autocast, scaler = autocast_for(device, cfg.amp)
         batchnorms = trained_batchnorms(model, groups) if cfg.recalibrate_bn else []
         epoch_metrics = dict(epoch_metrics or {})
-        rows, step, start = [], 0, time.perf_counter()
-        bar = tqdm(total=cfg.epochs * len(train_loader), desc=describe, disable=not self.progress, leave=False)
+        state = None if checkpoint is None else training_state(
+            model, groups, optimizer, scheduler, scaler, train_loader, device, cfg, task=task, backbone=backbone)
+        progress = Progress(0, 0, [])
+        if state is not None and resume and Path(checkpoint).exists():
+            progress = state.load(checkpoint)
+        rows, step, num_classes = list(progress.history), progress.step, None
+        start = time.perf_counter() - (rows[-1]["wall_time"] if rows else 0.0)
+        bar = tqdm(total=cfg.epochs * len(train_loader), initial=progress.epoch * len(train_loader), desc=describe,
+                   disable=not self.progress, leave=False)
         try:
-            for epoch in range(1, cfg.epochs + 1):
+            for epoch in range(progress.epoch + 1, cfg.epochs + 1):
                 model.train()
                 seen = correct = 0
                 loss_sum = 0.0
-                for x, y in train_loader:
+                for batch in train_loader:
+                    x, y = images_and_labels(batch, describe)
+                    if num_classes is None:  # the first batch: checked before anything changes
+                        num_classes = output_classes(model, x, device, autocast, describe)
+                    check_labels(y, len(x), num_classes, describe)
                     x, y = to_device(x, device, cfg.channels_last), y.to(device, non_blocking=True)
                     optimizer.zero_grad(set_to_none=True)  # before the forward: no gradient lives through it
                     with autocast:
@@ -314,20 +375,105 @@ class Trainer:
                     bar.update()
                     bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
                     self._trigger("on_step_end", {"epoch": epoch, "step": step, "loss": batch_loss})
+                check_batch_count(seen, f"{describe}: the train loader")
                 if batchnorms and (val_loader is not None or epoch == cfg.epochs):
                     recalibrate_batchnorm(model, batchnorms, train_loader, device=device, amp=cfg.amp)
-                row = {"epoch": epoch, "step": step, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                       "val_acc": evaluate(model, val_loader, device=device, amp=cfg.amp) if val_loader is not None
+                row = {"epoch": epoch, "step": step, "loss": loss_sum / seen, "train_acc": correct / seen,
+                       "val_acc": evaluate(model, val_loader, device=device, amp=cfg.amp,
+                                           describe=f"{describe}, validation") if val_loader is not None
                        else float("nan"),
                        "lr": optimizer.param_groups[0]["lr"], "wall_time": time.perf_counter() - start}
                 row.update({name: fn() for name, fn in epoch_metrics.items()})
                 scheduler.step()
                 rows.append(row)
+                if state is not None:
+                    state.save(checkpoint, Progress(epoch, step, rows))
                 self._trigger("on_epoch_end", row)
         finally:
             bar.close()
             self.history = pd.DataFrame(rows, columns=[*HISTORY_COLUMNS, *epoch_metrics])
         return self.history
+
+
+@torch.no_grad()
+def output_classes(model: nn.Module, images: torch.Tensor, device: torch.device, autocast: Any, describe: str) -> int:
+    """The number of classes `model` scores, from one of `images` run in eval mode (no statistic
+    moves), after checking the images fit its first layer (`piggylab.checks.check_images`)."""
+    check_images(images, model, describe)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast:
+            return model(to_device(images[:1], device, prefers_channels_last(model))).shape[1]
+    finally:
+        model.train(was_training)
+
+
+def moving_batchnorms(model: nn.Module, groups: Iterable[dict]) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batchnorm layers whose running statistics training moves: in a multi-task network the
+    trained ones (`trained_batchnorms`: its shared layers compute with their stored statistics,
+    other tasks' copies do not run); in any other module every one (each runs in training mode)."""
+    if isinstance(model, MultiTaskNet):
+        return trained_batchnorms(model, groups)
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def trained_tensors(model: nn.Module, groups: list[dict]) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
+    """(per group, the names of its parameters; every tensor a run changes, by name): the groups'
+    parameters and the buffers of `moving_batchnorms`. A group tensor that is not a parameter
+    of `model` is refused (a checkpoint names tensors by the model's names)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    outside = [i for i, group in enumerate(groups) for p in group["params"] if id(p) not in names]
+    if outside:
+        raise ValueError(f"parameter group {outside[0]} holds a tensor that is not a parameter of the model; "
+                         "a checkpoint can only name the model's own parameters")
+    group_names = [[names[id(p)] for p in group["params"]] for group in groups]
+    parameters = dict(model.named_parameters())
+    tensors = {name: parameters[name] for names_ in group_names for name in names_}
+    moving = {id(b) for layer in moving_batchnorms(model, groups) for b in layer.buffers()}
+    tensors.update({name: b for name, b in model.named_buffers() if id(b) in moving})
+    return group_names, tensors
+
+
+def model_fingerprint(model: nn.Module, trained: Iterable[str]) -> str:
+    """A multi-task network's backbone fingerprint; for any other module, a hash of its tensors'
+    names, shapes and types and of the values of those that do not train (not in `trained`)."""
+    if isinstance(model, MultiTaskNet):
+        return model.fingerprint()
+    trained = set(trained)
+    state = model.state_dict()
+    layout = [(name, list(t.shape), str(t.dtype)) for name, t in state.items()]
+    frozen = backbone_fingerprint({name: t for name, t in state.items() if name not in trained})
+    return hashlib.sha256(json.dumps([layout, frozen]).encode()).hexdigest()[:16]
+
+
+def run_identity(config: TrainConfig, model: nn.Module, trained: Iterable[str], train_loader: Iterable, *,
+                 task: str | None = None, backbone: str | None = None) -> dict[str, Any]:
+    """What makes a checkpoint this run's: the task (default: a multi-task network's active
+    task), the backbone (default: `model_fingerprint` with the `trained` tensors' names), the
+    train batches per epoch and every config field but `OUTSIDE_A_RUN`."""
+    task = task if task is not None else model.active_task if isinstance(model, MultiTaskNet) else None
+    return {"task": task, "backbone": backbone or model_fingerprint(model, trained),
+            "train_batches": len(train_loader) if hasattr(train_loader, "__len__") else None,
+            "config": {f.name: getattr(config, f.name) for f in fields(config) if f.name not in OUTSIDE_A_RUN}}
+
+
+def training_state(model: nn.Module, groups: list[dict], optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None,
+                   train_loader: Iterable, device: torch.device, config: TrainConfig, *, task: str | None = None,
+                   backbone: str | None = None) -> TrainingState:
+    """The `TrainingState` of one run: its identity (`run_identity`), trained tensors
+    (`trained_tensors`), optimizer, scheduler, grad scaler and random generators (torch's,
+    CUDA's on a GPU, the train loader's and its sampler's)."""
+    group_names, tensors = trained_tensors(model, groups)
+    identity = run_identity(config, model, tensors, train_loader, task=task, backbone=backbone)
+    generators: list[torch.Generator] = []
+    for generator in (getattr(train_loader, "generator", None),
+                      getattr(getattr(train_loader, "sampler", None), "generator", None)):
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in generators):
+            generators.append(generator)
+    return TrainingState(identity, group_names, tensors, optimizer, scheduler, scaler, generators,
+                         cuda=device.type == "cuda")
 
 
 def task_sparsity(net: PiggybackNet, task: str) -> float:
@@ -338,13 +484,15 @@ def task_sparsity(net: PiggybackNet, task: str) -> float:
 
 def fit_task(net: PiggybackNet, task: str, train_loader: Iterable, val_loader: Iterable | None = None,
              config: TrainConfig | None = None, *, progress: bool = True,
-             callbacks: Mapping[str, Callable] | None = None) -> tuple[nn.Module, pd.DataFrame]:
+             callbacks: Mapping[str, Callable] | None = None, checkpoint: str | Path | None = None,
+             resume: bool = False) -> tuple[nn.Module, pd.DataFrame]:
     """Train `task` of `net` by ``config.method``: ``(trained model, history)``.
 
     The model is `net` itself for `piggyback` and `classifier` (a piggyback task is frozen
     into its mask afterwards, unless ``freeze_at_end=False``) and the task's individual
     network for `finetune` (the shared network is untouched). Piggyback histories have a
-    `sparsity` column.
+    `sparsity` column. `checkpoint` and `resume` are `Trainer.fit`'s, for this task over
+    `net`'s backbone: a resumed task is frozen only once its last epoch is done.
     """
     config = config or TrainConfig()
     model, groups = net.training_groups(task, config.method, lr=config.lr, lr_scores=config.lr_scores,
@@ -354,14 +502,17 @@ def fit_task(net: PiggybackNet, task: str, train_loader: Iterable, val_loader: I
         trainer.add_callback(event, fn)
     metrics = {"sparsity": lambda: task_sparsity(net, task)} if config.method == "piggyback" else {}
     history = trainer.fit(model, groups, train_loader, val_loader, epoch_metrics=metrics,
-                          describe=f"{config.method} training of task {task!r}")
+                          describe=f"{config.method} training of task {task!r}", task=task,
+                          backbone=net.fingerprint(), checkpoint=checkpoint, resume=resume)
     if config.method == "piggyback" and config.freeze_at_end:
         net.freeze_task(task)
     return model, history
 
 
 def train(net: PiggybackNet, task: str, train_loader: Iterable, val_loader: Iterable | None = None,
-          method: str = "piggyback", *, progress: bool = True, **config) -> pd.DataFrame:
-    """Shortcut: train `task` of `net` by `method` (`fit_task`) with ``TrainConfig(method, **config)``;
-    return the history."""
-    return fit_task(net, task, train_loader, val_loader, TrainConfig(method, **config), progress=progress)[1]
+          method: str = "piggyback", *, progress: bool = True, checkpoint: str | Path | None = None,
+          resume: bool = False, **config: Any) -> pd.DataFrame:
+    """Shortcut: train `task` of `net` by `method` (`fit_task`, with its `checkpoint` and
+    `resume`) with ``TrainConfig(method, **config)``; return the history."""
+    return fit_task(net, task, train_loader, val_loader, TrainConfig(method, **config), progress=progress,
+                    checkpoint=checkpoint, resume=resume)[1]
