@@ -91,18 +91,28 @@ class TaskBatchNorm(nn.Module):
 
     def frozen_affine(self) -> tuple[Tensor, Tensor]:
         """(scale, shift) with ``bn(x) = x * scale + shift`` for the shared layer in inference
-        mode; computed once and again only after its statistics or parameters change."""
+        mode; computed once and again only after its statistics or parameters change.
+
+        Under `torch.compile` it is computed in the graph every time (a few operations on
+        per-channel vectors): the cache's key, the tensors' version counters, cannot be traced.
+        """
+        if torch.compiler.is_compiling():
+            return self._affine_map()
         bn = self.shared
         tensors = [t for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias) if t is not None]
         key = (*(t._version for t in tensors), *(id(t) for t in tensors), bn.running_var.device, bn.running_var.dtype)
         if self._affine is None or self._affine[0] != key:
-            with torch.no_grad():
-                scale = torch.rsqrt(bn.running_var + bn.eps)
-                shift = -bn.running_mean * scale
-                if bn.affine:
-                    scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-            self._affine = (key, scale, shift)
+            self._affine = (key, *self._affine_map())
         return self._affine[1], self._affine[2]
+
+    def _affine_map(self) -> tuple[Tensor, Tensor]:
+        bn = self.shared
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            shift = -bn.running_mean * scale
+            if bn.affine:
+                scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+        return scale, shift
 
     def for_task(self, task: str) -> nn.modules.batchnorm._BatchNorm:
         """The batchnorm layer `task` computes with: its own copy, or the shared one."""
