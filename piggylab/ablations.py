@@ -59,7 +59,7 @@ def packnet_config(recipe: str = "embedded", *, epochs: int | None = None, **ove
                             **PACKNET_RECIPES[recipe], **overrides})
 
 
-def run_packnet(backbone: nn.Module, tasks: Sequence[TaskData], config: PackNetConfig, *, bn: str = "task",
+def run_packnet(backbone: nn.Module, tasks: Sequence[TaskData], config: PackNetConfig, *, bn_mode: str = "task",
                 seeds: Mapping[str, int] | None = None, batch_size: int = 32,
                 progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pack `tasks` into one PackNet over a copy of `backbone`, in the order given (PackNet §3).
@@ -72,7 +72,7 @@ def run_packnet(backbone: nn.Module, tasks: Sequence[TaskData], config: PackNetC
     its share of the index), epochs and train_s; the histories stacked with a task column.
     """
     seeds = dict(seeds or {})
-    net = PackNet(backbone, backbone_name="packnet", bn=bn)
+    net = PackNet(backbone, backbone_name="packnet", bn_mode=bn_mode)
     rows, histories, tests = [], [], {}
     for data in tasks:
         task_config = replace(config, seed=seeds.get(data.name, config.seed))
@@ -188,7 +188,7 @@ def default_orders(tasks: Sequence[TaskData]) -> dict[str, list[str]]:
 
 
 def packnet_orders(backbone: nn.Module, tasks: Sequence[TaskData], config: PackNetConfig, *,
-                   orders: Mapping[str, Sequence[str]] | None = None, bn: str = "task", batch_size: int = 32,
+                   orders: Mapping[str, Sequence[str]] | None = None, bn_mode: str = "task", batch_size: int = 32,
                    progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """PackNet with the tasks added in every order of `orders` (label -> task names; default
     `default_orders`). Each task keeps ``config.seed`` whatever its turn, so any difference
@@ -202,7 +202,7 @@ def packnet_orders(backbone: nn.Module, tasks: Sequence[TaskData], config: PackN
             raise ValueError(f"order {label!r} must list each of {sorted(by_name)} once, got {list(order)}")
     rows, histories = [], []
     for label, order in orders.items():
-        packed, history = run_packnet(backbone, [by_name[name] for name in order], config, bn=bn,
+        packed, history = run_packnet(backbone, [by_name[name] for name in order], config, bn_mode=bn_mode,
                                       batch_size=batch_size, progress=progress)
         rows.append(packed.assign(order=label, label=f"packnet ({label} order)"))
         histories.append(history.assign(order=label))

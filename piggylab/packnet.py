@@ -23,7 +23,7 @@ Choices, where PackNet or its peers differ:
 
 - Batchnorm: by default each task trains its own copy of every batchnorm layer (initialised
   from the backbone's, as `PiggybackNet`'s task BN, paper §5.3), so the statistics of one task
-  cannot disturb another's. ``bn="frozen"`` keeps the backbone's batchnorm instead, frozen in
+  cannot disturb another's. ``bn_mode="frozen"`` keeps the backbone's batchnorm instead, frozen in
   inference mode for every task. (Avalanche's PackNet refuses networks with batchnorm.)
 - Biases and every other tensor that is not a prunable weight (batchnorm of the backbone,
   embeddings) stay frozen at their pretrained values; PackNet trains biases with the first
@@ -56,10 +56,9 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_choice
-from .tasks import MultiTaskNet, Task
+from .tasks import BN_MODES, MultiTaskNet, Task
 from .train import TrainConfig, Trainer
 
-BN_MODES = ("task", "frozen")
 PHASES = ("eval", "train", "retrain")
 MAX_TASKS = 255
 """A uint8 index holds 0 (free) and up to 255 task numbers."""
@@ -135,10 +134,10 @@ class PackNet(MultiTaskNet):
     tasks: dict[str, PackTask]
 
     def __init__(self, backbone: nn.Module, *, backbone_name: str = "backbone", classifier: str | None = None,
-                 bn: str = "task") -> None:
-        check_choice(bn, BN_MODES, "bn mode")
+                 bn_mode: str = "task") -> None:
+        check_choice(bn_mode, BN_MODES, "bn_mode")
         super().__init__(backbone, backbone_name=backbone_name, classifier=classifier, make_masks=TaskIndex)
-        self.bn = bn
+        self.bn_mode = bn_mode
         self.phase = "eval"
 
     # -- structure -------------------------------------------------------------------------
@@ -175,7 +174,7 @@ class PackNet(MultiTaskNet):
     # -- tasks -------------------------------------------------------------------------------
     def add_task(self, name: str, num_classes: int, *, class_names: Sequence[str] | None = None,
                  seed: int | None = None) -> PackTask:
-        """Add the next task: a fresh head and (with ``bn="task"``) a copy of the backbone's BN.
+        """Add the next task: a fresh head and (with ``bn_mode="task"``) a copy of the backbone's BN.
 
         The previous task must be trained first (its weights must be packed before another
         task can claim the rest). With a `seed` the head is drawn from its own RNG.
@@ -190,7 +189,7 @@ class PackNet(MultiTaskNet):
             if seed is not None:
                 torch.manual_seed(seed)
             task = self.new_task(name, num_classes, class_names, index=len(self.tasks) + 1)
-        if self.bn == "task":
+        if self.bn_mode == "task":
             self.add_task_bn(name)
         self.set_task(name)
         return task
@@ -269,7 +268,7 @@ class PackNet(MultiTaskNet):
         return pd.DataFrame(rows)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, bn={self.bn!r}"
+        return f"{super().extra_repr()}, bn_mode={self.bn_mode!r}"
 
 
 def check_fraction(fraction: float) -> float:

@@ -21,14 +21,11 @@ from torch import Tensor, nn
 
 from .checks import check_choice
 from .masked import MaskConfig, TaskMasks
-from .tasks import MultiTaskNet, Task
+from .tasks import BN_MODES, MultiTaskNet, Task
 
 METHODS = ("piggyback", "finetune", "classifier")
 """How a task can be trained: its mask and head (`piggyback`), a full copy of the network
 (`finetune`, the paper's "individual networks"), or its head alone (`classifier`)."""
-
-BN_MODES = ("frozen", "task")
-"""Batchnorm of a task: the backbone's, frozen (`frozen`), or the task's own copy (`task`, §5.3)."""
 
 
 @dataclass

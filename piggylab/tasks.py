@@ -36,6 +36,9 @@ from .masked import MaskedLayer, TaskMasks, wrap_layer
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
+BN_MODES = ("frozen", "task")
+"""Batchnorm of a task: the backbone's, frozen (`frozen`), or the task's own copy (`task`, §5.3)."""
+
 
 @dataclass
 class Task:

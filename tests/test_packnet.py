@@ -72,7 +72,7 @@ def test_free_weights_shrink_by_the_prune_fraction_exactly_per_layer(backbone):
 
 
 def test_history_storage_and_frozen_bn(backbone):
-    net, (history,) = _pack(backbone, ["a"], bn="frozen")
+    net, (history,) = _pack(backbone, ["a"], bn_mode="frozen")
     assert list(history.columns) == ["phase", "epoch", "step", "loss", "train_acc", "val_acc", "lr", "wall_time"]
     assert history["phase"].tolist() == ["train", "retrain"] and history["step"].tolist() == [2, 4]
     assert history["lr"].tolist() == pytest.approx([1e-2, 1e-3])  # retraining at lr * lr_decay
@@ -131,8 +131,8 @@ def test_bad_input_errors(backbone):
             PackNetConfig(prune_fraction=bad)
         with pytest.raises(ValueError, match="prune_fraction"):
             check_fraction(bad)
-    with pytest.raises(ValueError, match="unknown bn mode"):
-        PackNet(backbone, bn="shared")
+    with pytest.raises(ValueError, match="unknown bn_mode 'shared'; choose one of frozen, task"):
+        PackNet(backbone, bn_mode="shared")
     with pytest.raises(ValueError, match="unknown optimizer"):
         PackNetConfig(optimizer="rmsprop")
     with pytest.raises(ValueError, match="epochs"):
