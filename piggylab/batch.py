@@ -56,7 +56,7 @@ from typing import Any
 
 import yaml
 
-from .io import write_json
+from .io import atomic_write_text, write_json
 from .report import MetricsError, build_report, read_metrics
 
 GRID_KEYS = ("description", "output", "notebooks_dir", "workers", "defaults", "runs")
@@ -341,7 +341,7 @@ def record_failure(run: Run, summary: str, details: str, seconds: float = 0.0) -
     run.run_dir.mkdir(parents=True, exist_ok=True)
     if (run.run_dir / "metrics.json").exists():
         (run.run_dir / "metrics.json").replace(run.run_dir / "metrics.failed.json")
-    (run.run_dir / "error.txt").write_text(details if details.strip() else summary + "\n")
+    atomic_write_text(run.run_dir / "error.txt", details if details.strip() else summary + "\n")
     info = json.loads((run.run_dir / "run.json").read_text()) if (run.run_dir / "run.json").exists() else {}
     write_json(run.run_dir / "run.json", {**_run_info(run), **info, "status": "failed", "error": summary,
                                            "seconds": round(seconds, 2), "finished": _now()})

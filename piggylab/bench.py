@@ -48,6 +48,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from .backbones import tiny_resnet
+from .io import atomic_write_text
 from .piggyback import PiggybackNet
 from .storage import FORMATS, mask_bits_per_weight, save_task
 from .train import make_optimizer
@@ -121,8 +122,8 @@ def build_backbone(name: str, image_size: int = 32) -> nn.Module:
 
     Step times do not depend on the weights' values, but they do on exact zeros: with the
     initial statistics (mean 0, variance 1) whole channels of a deep random network stay at
-    zero behind a frozen BN, 30-50% of resnet18's score gradients in its last stage are then
-    exactly 0, and Adam's ``sqrt`` of those zeros ran 4x slower on the AMD EPYC we measured on.
+    zero behind a frozen BN, many score gradients are then exactly 0, and Adam's ``sqrt`` of
+    zeros is slow on some CPUs (benchmarks/RESULTS.md, "Figures moved out of the code").
     """
     torch.manual_seed(0)
     model = tiny_resnet(num_classes=NUM_CLASSES) if name == "tiny" else \
@@ -255,7 +256,7 @@ def reset_peak_memory(device: torch.device) -> int:
         return torch.cuda.memory_allocated(device)
     if not Path("/proc/self/clear_refs").exists():
         raise RuntimeError("measuring peak CPU memory needs Linux (/proc/self/clear_refs)")
-    Path("/proc/self/clear_refs").write_text("5")
+    Path("/proc/self/clear_refs").write_text("5")  # a procfs control, not a file on disk: nothing to write atomically
     return _proc_status_bytes("VmRSS")
 
 
@@ -410,8 +411,8 @@ def bench_inference(workload: Workload, device: torch.device, plan: Plan) -> dic
     def steady(model: nn.Module, task: str | None = None) -> Case:
         """Throughput is a steady state: `prepare` makes the task active and runs one untimed
         pass, so the timed pass follows one of its own kind, not what the case before it left
-        in the allocator and caches (a pass after an unmerged one is 4-5% slower, whatever
-        it computes, on the development CPU)."""
+        in the allocator and caches (a pass's time depends on the pass before it, whatever it
+        computes: benchmarks/RESULTS.md, "Figures moved out of the code")."""
         run = infer(model)
 
         def prepare() -> None:
@@ -546,8 +547,7 @@ def main(argv: list[str] | None = None) -> dict:
                if d == "cpu" or torch.cuda.is_available()]
     result = run(plan, devices, tuple(args.sections))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.json, json.dumps(result, indent=1))
     print(report(result))
     return result
 

@@ -36,7 +36,7 @@ import piggylab as pl
 from piggylab.backbones import TINY_CHECKPOINT, load_tiny_backbone
 from piggylab.datasets import EMBEDDED_TASKS, load_data, make_loaders
 from piggylab.pretrain import sha256_file
-from piggylab.storage import atomic_write_bytes
+from piggylab.io import atomic_write_bytes
 
 METHODS: dict[str, dict[str, Any]] = {
     "classifier": {"method": "classifier", "bn_mode": "frozen"},
