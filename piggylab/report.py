@@ -167,28 +167,31 @@ def _table(frame: pd.DataFrame, *, raw_html: Mapping[str, list[str]] | None = No
             "</div>")
 
 
-def _variants(frame: pd.DataFrame) -> pd.Series:
-    """`method`, plus the parameters that take several values for one task (seeds and the like
-    excluded: those are averaged over), e.g. ``piggyback (scale=0.01)``. A parameter that only
-    picks the task (``dataset=greek``) is left out: the task is already on the axis. Rows with
-    one variant are averaged in the report, so a run repeating a (task, method) gets ``#2``..."""
+def _labels(frame: pd.DataFrame) -> pd.Series:
+    """Each row's label in the report: its `label` (its `method` where it has none), plus the
+    parameters that take several values for one task (seeds and the like excluded: those are
+    averaged over), e.g. ``piggyback (scale=0.01)``. A parameter that only picks the task
+    (``task=greek``) is left out: the task is already on the axis. Rows with one label are
+    averaged in the report, so a run repeating a (task, label) gets ``#2``..."""
     varying = [c for c in frame.columns if c.startswith(PARAM_PREFIX) and c[len(PARAM_PREFIX):] not in AVERAGED_OVER
                and (frame[c].astype(str).groupby(frame["task"]).nunique() > 1).any()]
-    variant = frame["method"].astype(str)
+    label = frame["method"].astype(str)
+    if "label" in frame:
+        label = frame["label"].where(frame["label"].notna(), label).astype(str)
     if varying:
         suffix = frame[varying].astype(str).apply(
             lambda row: ", ".join(f"{c[len(PARAM_PREFIX):]}={v}" for c, v in row.items()), axis=1)
-        variant = variant + " (" + suffix + ")"
-    # (task, method) names a row within a run; should a run repeat one, its rows stay apart.
-    repeat = frame.groupby(["run_id", "task", "method"], sort=False).cumcount()
-    return variant.where(repeat == 0, variant + " #" + (repeat + 1).astype(str))
+        label = label + " (" + suffix + ")"
+    # (task, label) names a row within a run; should a run repeat one, its rows stay apart.
+    repeat = label.groupby([frame["run_id"], frame["task"], label], sort=False).cumcount()
+    return label.where(repeat == 0, label + " #" + (repeat + 1).astype(str))
 
 
 def _summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean of every numeric result per task and variant, the accuracy's spread and the run count."""
+    """Mean of every numeric result per task, method and label, the accuracy's spread and the run count."""
     numeric = [c for c in frame.columns if c not in BASE_COLUMNS[:4] and not c.startswith(PARAM_PREFIX)
-               and c != "variant" and pd.api.types.is_numeric_dtype(frame[c]) and frame[c].notna().any()]
-    groups = frame.groupby(["task", "variant"], sort=False)
+               and c != "label" and pd.api.types.is_numeric_dtype(frame[c]) and frame[c].notna().any()]
+    groups = frame.groupby(["task", "method", "label"], sort=False)
     summary = groups[numeric].mean() if numeric else pd.DataFrame(index=groups.size().index)
     if "accuracy" in numeric:
         summary.insert(numeric.index("accuracy") + 1, "accuracy_std", groups["accuracy"].std().fillna(0.0))
@@ -199,7 +202,7 @@ def _summary(frame: pd.DataFrame) -> pd.DataFrame:
 def _figures(notebook: str, summary: pd.DataFrame) -> list[go.Figure]:
     """Accuracy per task and method, sparsity per task, storage per method (log scale)."""
     figures = []
-    bars = {"x": "task", "color": "variant", "barmode": "group", "labels": {"variant": "method"}}
+    bars = {"x": "task", "color": "label", "barmode": "group"}
     if "accuracy" in summary and summary["accuracy"].notna().any():
         error = "accuracy_std" if (summary["runs"] > 1).any() else None
         fig = px.bar(summary, y="accuracy", error_y=error, title=f"{notebook}: test accuracy per task and method", **bars)
@@ -212,8 +215,8 @@ def _figures(notebook: str, summary: pd.DataFrame) -> list[go.Figure]:
         figures.append(fig)
     stored = summary[summary["storage_bytes"] > 0] if "storage_bytes" in summary else summary.iloc[:0]
     if not stored.empty:
-        fig = px.bar(stored, x="variant", y="storage_bytes", color="task", barmode="group", log_y=True,
-                     labels={"variant": "method", "storage_bytes": "bytes per task"},
+        fig = px.bar(stored, x="label", y="storage_bytes", color="task", barmode="group", log_y=True,
+                     labels={"storage_bytes": "bytes per task"},
                      title=f"{notebook}: storage per task and method (log scale)")
         # Bars start at a power of ten below the smallest, so near-equal sizes look near-equal.
         low, high = math.log10(stored["storage_bytes"].min()), math.log10(stored["storage_bytes"].max())
@@ -311,7 +314,7 @@ def render_report(collected: Collected, *, title: str = "piggylab batch report",
     if results.empty:
         sections.append("<p>No results yet.</p>")
     for notebook, frame in results.groupby("notebook", sort=False):
-        frame = frame.assign(variant=_variants(frame))
+        frame = frame.assign(label=_labels(frame))
         summary = _summary(frame)
         notebook_runs = runs[runs["notebook"] == notebook]
         sections.append(f'<h2 id="{html.escape(str(notebook))}">{html.escape(str(notebook))}</h2>\n'

@@ -258,3 +258,21 @@ def test_report_averages_seeds_and_labels_variants(tmp_path):
     assert "<td>0.7000</td><td>0.1414</td>" in page  # mean and std over the two seeds of scale=0.01
     assert "epoch_s" in page and "hand made" in page and "01_quick-never" in page
     assert "sparsity per task" not in page  # no sparsity reported: no empty figure
+
+
+def test_report_summary_keeps_method_and_label_apart(tmp_path):
+    from piggylab.report import _labels, _summary
+
+    fake_run(tmp_path, "04_bn-0", "04_bn", {"seed": 0}, [
+        {"task": "greek", "method": "piggyback", "label": "piggyback", "accuracy": 0.6},
+        {"task": "greek", "method": "piggyback", "label": "piggyback + task BN", "accuracy": 0.7},
+        {"task": "greek", "method": "finetune", "accuracy": 0.8}])  # no label: the method stands for it
+    (tmp_path / "batch.json").write_text(json.dumps({"runs": ["04_bn-0"]}))
+    frame = collect(tmp_path).results
+    summary = _summary(frame.assign(label=_labels(frame)))
+    assert summary[["task", "method", "label"]].values.tolist() == [
+        ["greek", "piggyback", "piggyback"], ["greek", "piggyback", "piggyback + task BN"],
+        ["greek", "finetune", "finetune"]]
+    assert summary["accuracy"].tolist() == pytest.approx([0.6, 0.7, 0.8])
+    page = build_report(tmp_path).read_text()
+    assert "piggyback + task BN" in page and "piggyback #2" not in page  # two labels, not one method repeated
