@@ -28,6 +28,11 @@ failed run never keeps a ``metrics.json`` (it is renamed ``metrics.failed.json``
 retried. Runs execute on a Dask ``LocalCluster`` (one notebook per worker process) or on a
 running cluster given by its scheduler address, which must share this file system.
 
+One batch per output folder: a batch holds ``OUTPUT/batch.lock`` (`batch_lock`, an OS file
+lock, released by the system when its holder dies) and writes its process id, host and start
+time beside it in ``batch.lock.json``. A second batch on the same folder stops at once
+(`BatchBusy`, naming the first); a lock left by a killed batch is free, and taken over.
+
 `run_batch` is the Python entry point and ``piggylab batch`` (`piggylab.cli`) the command
 line. This module does not build the report: `piggylab.report` does, from the run folders.
 """
@@ -73,6 +78,15 @@ KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 run); the notebook's outputs and errors are unaffected: they reach the executed notebook."""
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+LOCK_FILE = "batch.lock"
+HOLDER_FILE = "batch.lock.json"
+"""Beside the lock: the running batch's process id, host and start time."""
+
+
+class BatchBusy(RuntimeError):
+    """Another batch is running on the same output folder."""
 
 
 class GridError(ValueError):
@@ -438,25 +452,91 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, disable=not enabled, unit="run", desc="runs", file=sys.stderr, dynamic_ncols=True)
 
 
+def lock_holder(output: Path) -> dict[str, Any] | None:
+    """What the batch holding `output` (or the last one, if it was killed) wrote beside the
+    lock: ``pid``, ``host``, ``started``; None if nothing is there."""
+    try:
+        return json.loads((output / HOLDER_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _holder_text(holder: dict[str, Any] | None) -> str:
+    if holder is None:
+        return "another batch (it has not written its process id yet)"
+    return f"the batch of process {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
+
+
+def _process_gone(holder: dict[str, Any] | None) -> bool:
+    """Whether the holder's process ran on this host and no longer exists."""
+    if holder is None or holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, KeyError, TypeError, ValueError):  # alive but not ours, or an unreadable record
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def batch_lock(output: Path, log: Any = print) -> Iterator[None]:
+    """Hold the output folder `output` for one batch: its ``batch.lock`` (a `filelock.FileLock`,
+    which the OS releases when its holder dies) and, beside it, ``batch.lock.json`` naming this
+    process (written atomically, removed at the end).
+
+    Raises `BatchBusy`, naming the holder's process id, host and start time, when another batch
+    holds the folder. A lock whose holder was killed is free: it is taken over, and `log` says
+    which batch left it.
+    """
+    from filelock import FileLock, Timeout
+
+    output.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(output / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = lock_holder(output)
+        gone = " (that process is gone, but a process it started still holds the lock)" if _process_gone(holder) else ""
+        raise BatchBusy(f"{output} is in use by {_holder_text(holder)}{gone}; wait for it to finish (or stop it), "
+                        "or give this batch another output folder") from None
+    try:
+        stale = lock_holder(output)
+        if stale is not None:
+            log(f"taking over {output}: its lock was left by {_holder_text(stale)}, which ended without "
+                "releasing it (killed?)")
+        write_json(output / HOLDER_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()})
+        yield
+    finally:
+        (output / HOLDER_FILE).unlink(missing_ok=True)
+        lock.release()
+
+
 def run_batch(grid: Grid | str | Path, *, scheduler: str = "local", workers: int | None = None,
               progress: bool = True, report: bool = True) -> BatchResult:
     """Run every unfinished run of the grid on Dask, then write ``results.csv`` and ``report.html``.
 
     `grid` is a `Grid` or a grid file's path; `workers` replaces the grid's (LocalCluster only).
     Runs whose ``metrics.json`` exists are skipped; a failing run is recorded and the batch goes
-    on. Prints one line per finished run and a progress bar to stderr when `progress`.
+    on. Prints one line per finished run and a progress bar to stderr when `progress`. The batch
+    holds the output folder throughout (`batch_lock`): raises `BatchBusy` if another batch does.
     """
-    from distributed import as_completed
-
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
-    workers = workers or grid.workers
-    grid.output.mkdir(parents=True, exist_ok=True)
+    log = functools.partial(print, file=sys.stderr) if progress else (lambda *_: None)
+    with batch_lock(grid.output, log):
+        return _run_grid(grid, scheduler, workers or grid.workers, progress, report, log)
+
+
+def _run_grid(grid: Grid, scheduler: str, workers: int, progress: bool, report: bool, log: Any) -> BatchResult:
+    """`run_batch`'s work, done while it holds the output folder."""
+    from distributed import as_completed
+
     write_json(grid.output / "batch.json", {"name": grid.name, "description": grid.description,
                                              "runs": [r.run_id for r in grid.runs], "updated": _now()})
     outcomes = {r.run_id: RunOutcome(r.run_id, r.notebook, "skipped") for r in grid.runs if r.done}
     pending = [r for r in grid.runs if not r.done]
-    log = functools.partial(print, file=sys.stderr) if progress else (lambda *_: None)
     log(f"{len(grid.runs)} runs in {grid.name}: {len(outcomes)} already done, {len(pending)} to run -> {grid.output}")
     if pending:
         with dask_client(scheduler, workers) as client:

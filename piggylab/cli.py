@@ -4,8 +4,9 @@
 A thin argparse layer over `piggylab.batch.run_batch`, `piggylab.report.build_report` and
 `piggylab.claims.write_claims`; the grid format and what a batch writes are documented in
 `piggylab.batch`. Exit status: 0 when every run finished, 1 when some failed (the report lists
-them), 2 for a bad grid or command line, 130 when interrupted (rerun the same command to
-resume). ``claims`` always exits 0: it reports, it does not fail.
+them), 2 for a bad grid or command line or an output folder another batch is using, 130 when
+interrupted (rerun the same command to resume). ``claims`` always exits 0: it reports, it does
+not fail.
 """
 
 from __future__ import annotations
@@ -111,12 +112,12 @@ COMMANDS = {"batch": _batch, "report": _report, "claims": _claims}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``piggylab`` script; returns the exit status."""
-    from .batch import GridError
+    from .batch import BatchBusy, GridError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except GridError as exc:
+    except (GridError, BatchBusy) as exc:
         print(f"piggylab {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
