@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 GRID   ?= grids/embedded.yaml
 
-.PHONY: install demo test lab backbone bench clean browser-deps
+.PHONY: install demo test lab backbone bench clean browser-deps notebooks
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install browser-deps
 # Debian's Chromium for tests/test_browser.py (apt-get, once); without apt-get that test skips, except on CI.
 browser-deps:
 	@sh scripts/install_chromium.sh
+
+# The notebooks' sources are the jupytext text files notebooks/*.py; this rewrites their paired .ipynb.
+notebooks: install
+	$(VENV)/bin/jupytext --quiet --to ipynb --update notebooks/[0-9]*.py
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks

@@ -11,12 +11,14 @@ the network's weights (1 bit per weight per task). The public names:
 - storage: `save_task`, `load_task`, `TaskFileError`
 - analysis: `layer_sparsity`, `overall_sparsity`, `sparsity_by_task`, `storage_table`
 - backbones: `load_backbone`, `tiny_resnet` (datasets live in `piggylab.datasets`)
+- notebooks: `Lab`, the shared set-up of the lab's notebooks (`piggylab.notebook`)
 """
 
 __version__ = "0.1.0"
 
 from .analysis import layer_sparsity, overall_sparsity, sparsity_by_task, storage_table
 from .backbones import load_backbone, tiny_resnet
+from .notebook import Lab
 from .masked import (GRAD_SCALINGS, INIT_SCHEMES, MASK_KINDS, MaskConfig, MaskedConv2d, MaskedLinear, init_scores,
                      threshold_scores)
 from .packnet import PackNet, PackNetConfig, train_packnet
@@ -26,7 +28,7 @@ from .train import (PAPER_RECIPES, Trainer, TrainConfig, TrainingDiverged, evalu
                     paper_recipe, recalibrate_batchnorm, resolve_device, train)
 
 __all__ = [
-    "BN_MODES", "GRAD_SCALINGS", "INIT_SCHEMES", "MASK_KINDS", "METHODS", "PAPER_RECIPES", "MaskConfig", "MaskedConv2d",
+    "BN_MODES", "GRAD_SCALINGS", "Lab", "INIT_SCHEMES", "MASK_KINDS", "METHODS", "PAPER_RECIPES", "MaskConfig", "MaskedConv2d",
     "MaskedLinear", "PackNet", "PackNetConfig", "PiggybackNet", "TaskFileError", "TrainConfig", "Trainer",
     "TrainingDiverged", "evaluate", "fit_task", "init_scores", "layer_sparsity", "load_backbone", "load_task",
     "make_optimizer", "overall_sparsity", "paper_recipe", "recalibrate_batchnorm", "resolve_device", "save_task",

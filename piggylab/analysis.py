@@ -35,6 +35,13 @@ def layer_sparsity(net: PiggybackNet, task: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SPARSITY_COLUMNS)
 
 
+def depth_thirds(layers: pd.DataFrame) -> tuple[float, float]:
+    """Mean sparsity of the first and of the last third of the masked layers (`layer_sparsity`'s
+    rows, in forward order): paper §5 and Fig. 3 find that the number of changes grows with depth."""
+    third = max(1, len(layers) // 3)
+    return float(layers["sparsity"].iloc[:third].mean()), float(layers["sparsity"].iloc[-third:].mean())
+
+
 def overall_sparsity(net: PiggybackNet, task: str) -> float:
     """Fraction of all the task's mask entries that are 0."""
     table = layer_sparsity(net, task)

@@ -356,18 +356,35 @@ CLAIMS: dict[str, Callable[[pd.DataFrame], Claim]] = {
     "C1": c1, "C2": c2, "C3": c3, "C4": c4, "C5": c5, "C6": c6, "C7": c7, "C8": c8, "C9": c9, "C10": c10}
 
 
-def evaluate(results: pd.DataFrame, seed: int | None = None) -> pd.DataFrame:
-    """Every claim on `results` (one seed's rows only, if given): a table with `COLUMNS`."""
+def check(results: pd.DataFrame, ids: Sequence[str] | None = None, seed: int | None = None) -> list[Claim]:
+    """The verdicts of the claims `ids` (default all, `CLAIMS`) on `results` (one seed's rows only, if given).
+    A table a claim cannot read is reported as ``not run`` with the reason, never raised."""
+    ids = list(CLAIMS) if ids is None else list(ids)
+    unknown = [cid for cid in ids if cid not in CLAIMS]
+    if unknown:
+        raise ValueError(f"unknown claim(s) {', '.join(unknown)}; choose among {', '.join(CLAIMS)}")
     if seed is not None and "seed" in results:
         results = results[_column(results, "seed", 0) == seed]
-    rows = []
-    for cid, claim in CLAIMS.items():
+    verdicts = []
+    for cid in ids:
+        claim = CLAIMS[cid]
         try:
-            verdict = claim(results)
+            verdicts.append(claim(results))
         except (KeyError, ValueError, IndexError) as error:  # a malformed table: reported, not raised
-            verdict = Claim(cid, claim.__doc__.splitlines()[0], f"could not be evaluated: {error}", "not run")
-        rows.append({"claim": verdict.id, "paper": verdict.paper, "measured": verdict.measured, "shown": verdict.shown})
-    return pd.DataFrame(rows, columns=COLUMNS)
+            verdicts.append(Claim(cid, claim.__doc__.splitlines()[0], f"could not be evaluated: {error}", "not run"))
+    return verdicts
+
+
+def evaluate(results: pd.DataFrame, seed: int | None = None) -> pd.DataFrame:
+    """Every claim on `results` (`check`): a table with `COLUMNS`."""
+    return pd.DataFrame([{"claim": c.id, "paper": c.paper, "measured": c.measured, "shown": c.shown}
+                         for c in check(results, seed=seed)], columns=COLUMNS)
+
+
+def lines(results: pd.DataFrame, ids: Sequence[str]) -> list[str]:
+    """One "What we learned" sentence per claim of `ids`, checked on `results` (a notebook's own rows):
+    the same functions as the batch's claims table, so a notebook and the report never disagree."""
+    return [claim.line() for claim in check(results, ids)]
 
 
 def text_table(claims: pd.DataFrame) -> str:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .analysis import finetuned_bytes, overall_sparsity
+from .analysis import depth_thirds, finetuned_bytes, layer_sparsity, overall_sparsity
 from .cache import RunCache, run_key
 from .checks import check_choice
 from .datasets import EMBEDDED_TASKS, PAPER_DATASETS, TaskData, make_loaders
@@ -147,11 +147,11 @@ def _spec_record(net: PiggybackNet, data: TaskData, spec: RunSpec, batch_size: i
             "batch_size": batch_size}
 
 
-def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, name: str | None = None,
+def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, task: str | None = None,
         loaders: tuple[DataLoader, DataLoader, DataLoader] | None = None, batch_size: int = 32,
         cache: RunCache | None = None, callbacks: Mapping[str, Callable] | None = None,
         progress: bool = False, checkpoint: Path | None = None) -> RunResult:
-    """Train `data` as task `name` (default ``data.name``) of `net` by `spec`; see the module docstring.
+    """Train `data` as task `task` (default ``data.name``) of `net` by `spec`; see the module docstring.
 
     With a `checkpoint` path the training's state is saved there after every epoch and, if it
     is there already, training resumes from it (`fit_task` with ``resume=True``): a killed run
@@ -161,53 +161,55 @@ def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, name: str | None = 
     other tasks `net` holds. `classifier` trains the head (and task BN) over the all-ones mask;
     `finetune` trains a full copy of the network and leaves nothing in `net`. With a `cache`,
     a finished run is read back (its task loaded into `net` from its task file) instead of
-    trained again. The row: task, method, label, name, bn_mode, mask settings, epochs, seed,
+    trained again. The row: task (the data's), method, label, name (the task's in `net`), bn_mode, mask settings, epochs, seed,
     accuracy (test), val_accuracy, train_accuracy, sparsity (zeros in the final mask),
+    first_third_sparsity and last_third_sparsity (`piggylab.analysis.depth_thirds`),
     initial_sparsity (before training), negated (ternary: -1 entries), storage_bytes
     (piggyback: its task file; classifier: head and BN; finetune: a float32 network), train_s.
     """
-    name = name or data.name
+    task = task or data.name
     key = run_key(_spec_record(net, data, spec, batch_size)) if cache is not None else None
     if cache is None:
-        row, history = _train(net, data, spec, name, loaders, batch_size, callbacks, progress, checkpoint)
+        row, history = _train(net, data, spec, task, loaders, batch_size, callbacks, progress, checkpoint)
         return RunResult(row, history, cached=False)
     with cache.lock(key):
         hit = cache.get(key)
         if hit is None:
-            row, history = _train(net, data, spec, name, loaders, batch_size, callbacks, progress, checkpoint)
-            file = task_bytes(net, name) if spec.method != "finetune" else None
+            row, history = _train(net, data, spec, task, loaders, batch_size, callbacks, progress, checkpoint)
+            file = task_bytes(net, task) if spec.method != "finetune" else None
             cache.put(key, _spec_record(net, data, spec, batch_size), row, history, file)
             return RunResult(row, history, cached=False)
     if hit.task_file is not None:
-        load_task(net, hit.task_file, name=name)
-    return RunResult({**hit.row, "name": name}, hit.history, cached=True)
+        load_task(net, hit.task_file, task=task)
+    return RunResult({**hit.row, "name": task}, hit.history, cached=True)
 
 
-def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, name: str,
+def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, task: str,
            loaders: tuple[DataLoader, DataLoader, DataLoader] | None, batch_size: int,
            callbacks: Mapping[str, Callable] | None, progress: bool,
            checkpoint: Path | None) -> tuple[dict[str, Any], pd.DataFrame]:
     config = spec.config
     train, val, test = loaders or make_loaders(data, batch_size=batch_size, seed=config.seed)
     mask = spec.mask if spec.method == "piggyback" else MaskConfig()
-    net.add_task(name, data.num_classes, mask=mask, task_bn=spec.task_bn, class_names=list(data.classes),
+    net.add_task(task, data.num_classes, mask=mask, task_bn=spec.task_bn, class_names=list(data.classes),
                  seed=config.seed)
-    initial_sparsity = overall_sparsity(net, name)
+    initial_sparsity = overall_sparsity(net, task)
     start = time.perf_counter()
-    model, history = fit_task(net, name, train, val, config, progress=progress, callbacks=callbacks,
+    model, history = fit_task(net, task, train, val, config, progress=progress, callbacks=callbacks,
                               checkpoint=checkpoint, resume=True)
     seconds = time.perf_counter() - start
     finetune = spec.method == "finetune"
-    accuracy = evaluate(model, test, task=None if finetune else name, device=config.device, amp=config.amp)
+    accuracy = evaluate(model, test, task=None if finetune else task, device=config.device, amp=config.amp)
     if finetune:
-        storage = finetuned_bytes(net, name)
+        storage = finetuned_bytes(net, task)
     elif spec.method == "classifier":
-        storage = sum(4 * t.numel() for t in net.task_state(name).values())
+        storage = sum(4 * t.numel() for t in net.task_state(task).values())
     else:
-        storage = len(task_bytes(net, name))
+        storage = len(task_bytes(net, task))
     pig = spec.method == "piggyback"
-    masks = net.masks(name).values() if pig else ()
-    row = {"task": data.name, "method": spec.method, "label": spec.name, "name": name,
+    masks = net.masks(task).values() if pig else ()
+    first_third, last_third = depth_thirds(layer_sparsity(net, task)) if pig else (0.0, 0.0)
+    row = {"task": data.name, "method": spec.method, "label": spec.name, "name": task,
            "bn_mode": "task" if spec.task_bn or finetune else "frozen",
            "mask_kind": mask.kind, "threshold": mask.threshold, "init": mask.init, "init_scale": mask.init_scale,
            "lr": config.lr, "lr_scores": config.lr_scores if pig else None, "epochs": config.epochs,
@@ -215,11 +217,12 @@ def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, name: str,
            "test_images": len(test.dataset),
            "accuracy": accuracy, "val_accuracy": float(history["val_acc"].iloc[-1]),
            "train_accuracy": float(history["train_acc"].iloc[-1]),
-           "sparsity": overall_sparsity(net, name) if pig else 0.0, "initial_sparsity": initial_sparsity if pig else 0.0,
+           "sparsity": overall_sparsity(net, task) if pig else 0.0, "initial_sparsity": initial_sparsity if pig else 0.0,
+           "first_third_sparsity": first_third, "last_third_sparsity": last_third,
            "negated": sum(int((m < 0).sum()) for m in masks) / net.num_masked_weights if pig else 0.0,
            "storage_bytes": storage, "train_s": round(seconds, 2)}
     if finetune:
-        net.remove_task(name)
+        net.remove_task(task)
     return row, history.assign(label=spec.name, task=data.name)
 
 
@@ -234,7 +237,7 @@ def compare(net: PiggybackNet, data: TaskData, specs: Sequence[RunSpec], *, batc
     results = []
     for spec in specs:
         callbacks = live.callbacks(f"{data.name}: {spec.name}") if live is not None else None
-        results.append(run(net, data, spec, name=task_name(data.name, spec.name), batch_size=batch_size, cache=cache,
+        results.append(run(net, data, spec, task=task_name(data.name, spec.name), batch_size=batch_size, cache=cache,
                            callbacks=callbacks, progress=progress))
         if live is not None and results[-1].cached:
             live.add_history(f"{data.name}: {spec.name}", results[-1].history)
@@ -250,27 +253,27 @@ def copy_task(source: PiggybackNet, target: PiggybackNet, task: str) -> None:
         raise ValueError(f"cannot copy task {task!r}: the networks have different backbones "
                          f"({source.fingerprint()} vs {target.fingerprint()})")
     target.add_task(task, record.num_classes, mask=record.mask, task_bn=record.task_bn,
-                    class_names=record.class_names, activate=False)
-    target.set_masks(task, source.packed_masks(task), packed=True)
+                    class_names=record.class_names, activate=False, masks=source.packed_masks(task), packed=True)
     target.load_task_state(task, source.task_state(task))
 
 
-def order_check(net: PiggybackNet, backbone: nn.Module, data: TaskData, spec: RunSpec, *, batch_size: int = 32,
-                progress: bool = False) -> dict[str, Any]:
+def order_check(net: PiggybackNet, backbone: nn.Module, data: TaskData, spec: RunSpec, *, task: str | None = None,
+                batch_size: int = 32, progress: bool = False) -> dict[str, Any]:
     """Train `data` again, last this time: in a new network over `backbone` (the one `net`
     wraps) that first receives every other task of `net` (`copy_task`), with the same spec.
-    The backbone never changes, so the mask must come out bit-for-bit the one `net` holds
-    for ``data.name``, with the same test accuracy (paper §1: task order does not matter).
-    Never read from a cache. Returns the run's row with ``order`` = ``trained last`` and
-    ``order_check``: ``identical`` or ``different``."""
+    The backbone never changes, so the mask must come out bit-for-bit the one `net` holds for
+    `task` (default ``data.name``), with the same test accuracy (paper §1: task order does not
+    matter). Never read from a cache. Returns the run's row with ``order`` = ``trained last``
+    and ``order_check``: ``identical`` or ``different``."""
+    task = task or data.name
     other = PiggybackNet(backbone, backbone_name=net.backbone_name)
     for name in net.tasks:
-        if name != data.name:
+        if name != task:
             copy_task(net, other, name)
-    result = run(other, data, spec, batch_size=batch_size, progress=progress)
-    first = net.masks(data.name)
-    same = all(torch.equal(first[layer], mask) for layer, mask in other.masks(data.name).items())
-    before = evaluate(net, make_loaders(data, batch_size=batch_size, seed=spec.config.seed)[2], task=data.name,
+    result = run(other, data, spec, task=task, batch_size=batch_size, progress=progress)
+    first = net.masks(task)
+    same = all(torch.equal(first[layer], mask) for layer, mask in other.masks(task).items())
+    before = evaluate(net, make_loaders(data, batch_size=batch_size, seed=spec.config.seed)[2], task=task,
                       device=spec.config.device, amp=spec.config.amp)
     identical = same and before == result.row["accuracy"]
     return {**result.row, "label": f"{result.row['label']} (trained last)", "order": "trained last",
@@ -281,3 +284,62 @@ def accuracy_after_each(net: PiggybackNet, tasks: Iterable[str], test_loaders: M
                         device: str = "auto") -> list[dict[str, Any]]:
     """Test accuracy of each of `tasks` now: rows (task, accuracy) for an accuracy matrix."""
     return [{"task": t, "accuracy": evaluate(net, test_loaders[t], task=t, device=device)} for t in tasks]
+
+
+class MultiTaskRun:
+    """Tasks added one after another to one network, each in its BN mode chosen on validation
+    (paper §5.3), with every kept task's test accuracy measured after each addition (§1:
+    nothing is forgotten).
+
+    `add(data, rows)` takes the rows of a task's piggyback runs in `net` (`compare`, one per BN
+    mode), keeps the one with the higher validation accuracy, removes the others from `net`
+    and measures every kept task. `matrix` is the accuracy matrix (after, task, accuracy);
+    `results()` the rows with ``kept`` and, for kept tasks, ``accuracy_change`` (the largest
+    change of its test accuracy while later tasks were added); `storage_totals()` the total
+    bytes for the first k tasks, piggyback against one fine-tuned network per task.
+    """
+
+    def __init__(self, net: PiggybackNet, *, batch_size: int = 32, device: str = "auto") -> None:
+        self.net, self.batch_size, self.device = net, batch_size, device
+        self.rows: list[dict[str, Any]] = []
+        self.kept: dict[str, str] = {}  # task -> its name in `net`
+        self.tests: dict[str, DataLoader] = {}
+        self._after: list[dict[str, Any]] = []
+
+    @property
+    def matrix(self) -> pd.DataFrame:
+        """The accuracy matrix: test accuracy of each kept task (``task``) after each addition (``after``)."""
+        return pd.DataFrame(self._after, columns=["after", "task", "accuracy"])
+
+    def add(self, data: TaskData, rows: pd.DataFrame) -> str:
+        """Keep the best of `rows` (by validation accuracy) for ``data.name``; returns its name in `net`."""
+        best = rows.loc[rows["val_accuracy"].idxmax()]
+        for name in rows["name"]:
+            if name != best["name"]:
+                self.net.remove_task(name)
+        self.rows += [{**row, "kept": row["name"] == best["name"]} for row in rows.to_dict("records")]
+        self.kept[data.name] = best["name"]
+        self.tests[best["name"]] = make_loaders(data, batch_size=self.batch_size, seed=0)[2]
+        task_of = {name: task for task, name in self.kept.items()}
+        self._after += [{"after": data.name, "task": task_of[row["task"]], "accuracy": row["accuracy"]}
+                        for row in accuracy_after_each(self.net, self.kept.values(), self.tests, device=self.device)]
+        return best["name"]
+
+    def results(self) -> pd.DataFrame:
+        """The runs' rows; kept tasks have their ``accuracy_change`` over the additions."""
+        spread = self.matrix.groupby("task")["accuracy"].agg(lambda a: float(a.max() - a.min()))
+        return pd.DataFrame([{**row, "accuracy_change": spread[row["task"]] if row["kept"] else None}
+                             for row in self.rows])
+
+    def storage_totals(self) -> pd.DataFrame:
+        """Bytes for the first k tasks: the backbone once plus k task files (piggyback) against k
+        fine-tuned float32 networks."""
+        net = self.net
+        backbone = sum(4 * t.numel() for t in net.backbone_state().values() if t.is_floating_point())
+        files = [len(task_bytes(net, name)) for name in self.kept.values()]
+        finetuned = [finetuned_bytes(net, name) for name in self.kept.values()]
+        rows = []
+        for k in range(1, len(files) + 1):
+            rows += [{"tasks": k, "approach": "piggyback: backbone + task files", "bytes": backbone + sum(files[:k])},
+                     {"tasks": k, "approach": "one fine-tuned network per task", "bytes": sum(finetuned[:k])}]
+        return pd.DataFrame(rows)

@@ -2,16 +2,17 @@
 
 A notebook's set-up is three lines::
 
-    lab = pl.notebook.Lab("01_quickstart", globals(), {"dataset": TASKS})   # checks, sizes, prints
-    net = lab.network()                                                      # the backbone, wrapped
-    data = lab.data(dataset)                                                 # the task's splits
+    lab = pl.Lab("01_quickstart", globals(), {"task": TASKS})   # checks, sizes, prints
+    net = lab.network()                                         # the backbone, wrapped
+    data = lab.data(task)                                       # the task's splits
 
 `Lab` checks the parameters every notebook shares (`PARAMETER_RULES`) and the notebook's own,
 stopping with `ParameterError` naming the parameter and what it accepts; resolves the data
 size, epochs and batch size; makes the training configs of its recipe (`Lab.spec`); trains
 runs through `piggylab.experiments.run` with the batch's run cache (`cache_dir`); and writes
-its outputs into `output_dir`: `Lab.table` (CSV), `Lab.show` (HTML figures) and `Lab.finish`
-(metrics.json), the files the batch runner collects::
+its outputs into `output_dir`: `Lab.table` (CSV), `Lab.show` (HTML figures), `Lab.learned` (the "What we learned"
+cell: the paper's claims checked on the notebook's rows, `piggylab.claims`, and its findings,
+`piggylab.findings`) and `Lab.finish` (metrics.json), the files the batch runner collects::
 
     {"notebook": "01_quickstart", "parameters": {...},
      "results": [{"task": "greek", "method": "piggyback", "label": ..., "accuracy": 0.91, ...}, ...],
@@ -158,6 +159,11 @@ def fraction(value: Any) -> bool:
     return positive_number(value) and value <= 1
 
 
+def prune_fraction(value: Any) -> bool:
+    """a number in [0, 1)"""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+
+
 def known_backbone(value: Any) -> bool:
     """'tiny' or a torchvision classifier name such as 'resnet50', 'vgg16', 'densenet121'"""
     import torchvision
@@ -217,24 +223,32 @@ class Lab:
     """One run of a lab notebook; see the module docstring.
 
     `namespace` is the notebook's ``globals()`` after its parameters cell; `rules` its own
-    parameters' rules. Attributes: `parameters` (the checked values), `data_scale`, `epochs`,
-    `batch_size`, `cache` (a `RunCache` in `cache_dir`, or None) and `smoke`.
+    parameters' rules, checked with the shared `PARAMETER_RULES` (``shared=False``: only
+    `smoke` and `output_dir` are shared, for notebooks that train no target task, such as the
+    backbone's pretraining). Attributes: `parameters` (the checked values), `smoke`, `seed`,
+    `device`, `output_dir` and, for shared notebooks, `recipe`, `data_scale`, `epochs`,
+    `batch_size` and `cache` (a `RunCache` in `cache_dir`, or None).
     """
 
-    def __init__(self, name: str, namespace: Mapping[str, Any], rules: Mapping[str, Any] | None = None) -> None:
-        rules = {**PARAMETER_RULES, **(rules or {})}
+    def __init__(self, name: str, namespace: Mapping[str, Any], rules: Mapping[str, Any] | None = None, *,
+                 shared: bool = True) -> None:
+        rules = {**(PARAMETER_RULES if shared else {"smoke": bool, "output_dir": str}), **(rules or {})}
         check_parameters(namespace, rules)
         self.name = name
         self.parameters = {key: namespace[key] for key in rules}
         p = self.parameters
-        self.smoke, self.recipe, self.device, self.seed = p["smoke"], p["recipe"], p["device"], p["seed"]
-        self.output_dir = Path(p["output_dir"])
+        self.smoke, self.output_dir = p["smoke"], Path(p["output_dir"])
+        self.seed, self.device = p.get("seed", 0), p.get("device", "auto")
+        self.started = time.perf_counter()
+        self._backbone: nn.Module | None = None
+        self.cache: RunCache | None = None
+        if not shared:
+            return
+        self.recipe = p["recipe"]
         self.data_scale, self.epochs, self.batch_size = resolve_sizes(
             p["recipe"], smoke=p["smoke"], data_scale=p["data_scale"], epochs=p["epochs"], batch_size=p["batch_size"],
             embedded=p["data_root"] is None)
         self.cache = RunCache(p["cache_dir"]) if p["cache_dir"] else None
-        self.started = time.perf_counter()
-        self._backbone: nn.Module | None = None
         print(f"{p['backbone']} backbone, recipe {p['recipe']}: data_scale {self.data_scale}, {self.epochs} epochs, "
               f"batch size {self.batch_size}, on {resolve_device(self.device)}"
               + (f"; finished runs are reused from {p['cache_dir']}" if self.cache else ""))
@@ -288,13 +302,22 @@ class Lab:
         write_table(frame, self.output_dir, name)
         return frame
 
-    def learned(self, lines: Sequence[str]) -> None:
-        """Display the "What we learned" findings, one bullet each (a smoke run says it proves nothing)."""
+    def learned(self, results: pd.DataFrame, claims: Sequence[str] = (), findings: Sequence[str] = ()) -> list[str]:
+        """Display "What we learned": the paper's `claims` (ids, C1...) checked on this notebook's
+        `results` by `piggylab.claims`, the functions behind the batch's claims table, then the
+        notebook's own `findings` (sentences from `piggylab.findings`). Returns the lines shown."""
         from IPython.display import Markdown, display
 
+        from .claims import lines as claim_lines
+
+        shown = claim_lines(results, claims) + list(findings)
         prefix = ["*Smoke run: tiny data and one epoch, so these numbers only show that everything runs.*"] \
             if self.smoke else []
-        display(Markdown("\n".join(prefix + [f"- {line}" for line in lines])))
+        if claims:
+            prefix.append("The paper's claims, checked on this notebook's runs (the batch report checks them on "
+                          "all of a batch's runs):")
+        display(Markdown("\n".join(prefix + [f"- {line}" for line in shown])))
+        return shown
 
     def finish(self, results: pd.DataFrame, **timings: float) -> Path:
         """Write metrics.json (`results`' rows, this run's parameters and timings)."""

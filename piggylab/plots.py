@@ -88,7 +88,7 @@ def _bars(table: pd.DataFrame, x: str, y: str, color: str | None, *, text: Calla
     return fig
 
 
-def percent_bars(results: pd.DataFrame, *, x: str = "task", color: str | None = "method", y: str = "accuracy",
+def percent_bars(results: pd.DataFrame, *, x: str = "task", color: str | None = "label", y: str = "accuracy",
                  title: str = "Test accuracy", y_title: str | None = None) -> go.Figure:
     """Grouped bars of a fraction column of result rows (accuracy, sparsity), shown in %."""
     table = results.assign(**{y: results[y] * 100})
@@ -97,7 +97,7 @@ def percent_bars(results: pd.DataFrame, *, x: str = "task", color: str | None = 
     return _bars(table, x, y, color, text=lambda v: f"{v:.1f}", title=title, y_title=y_title or f"{y} (%)")
 
 
-def storage_bars(results: pd.DataFrame, *, x: str = "task", color: str | None = "method", y: str = "storage_bytes",
+def storage_bars(results: pd.DataFrame, *, x: str = "task", color: str | None = "label", y: str = "storage_bytes",
                  title: str = "Storage per task (log scale)") -> go.Figure:
     """Grouped bars of a byte count on a log axis, labelled in KiB/MiB."""
     return _bars(results, x, y, color, text=human_bytes, title=title, y_title="bytes (log scale)", log=True)

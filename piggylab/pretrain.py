@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from safetensors.torch import save as safetensors_bytes
 
@@ -124,6 +125,38 @@ def save_checkpoint(model: TinyResNet, path: str | Path, *, seed: int, recipe: d
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = atomic_write_bytes(path, safetensors_bytes(state, metadata))
     return {"checkpoint": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def checkpoint_path(update_committed: bool, output_dir: str | Path) -> Path:
+    """Where notebook 00 writes its checkpoint: the committed one (`TINY_CHECKPOINT`) only when asked."""
+    return TINY_CHECKPOINT if update_committed else Path(output_dir) / TINY_CHECKPOINT.name
+
+
+def history_frame(info: dict[str, Any]) -> pd.DataFrame:
+    """A pretraining run's history (`pretrain_tiny_backbone`'s ``info``), with a ``run`` column for the plots."""
+    return pd.DataFrame(info["history"]).assign(run="pretraining")
+
+
+def result_rows(info: dict[str, Any]) -> pd.DataFrame:
+    """A pretraining run as one result row of the lab's tables (task, method, accuracy, ...)."""
+    return pd.DataFrame([{"task": info["source_task"], "method": "pretrain", "label": "pretrain",
+                          "accuracy": info["test_accuracy"], "val_accuracy": info["val_accuracy"], "sparsity": 0.0,
+                          "storage_bytes": info.get("bytes", 0), "parameters": info["parameters"],
+                          "epochs": info["recipe"]["epochs"], "train_s": info["wall_time_s"],
+                          "fingerprint": info["fingerprint"]}])
+
+
+def compare_with_committed(info: dict[str, Any], checkpoint: str | Path) -> pd.DataFrame:
+    """This pretraining run beside the committed checkpoint's record (when `checkpoint` is another file)."""
+    columns = {"source_task": "task", "test_accuracy": "accuracy", "val_accuracy": "val_accuracy",
+               "parameters": "parameters", "wall_time_s": "train_s"}
+    rows = [{"checkpoint": "this run", "epochs": info["recipe"]["epochs"], **{v: info[k] for k, v in columns.items()}}]
+    committed = record_path(TINY_CHECKPOINT)
+    if committed.exists() and Path(checkpoint) != TINY_CHECKPOINT:
+        record = json.loads(committed.read_text())
+        rows.append({"checkpoint": "committed", "epochs": record["recipe"]["epochs"],
+                     **{v: record[k] for k, v in columns.items()}})
+    return pd.DataFrame(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

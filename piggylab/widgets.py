@@ -54,7 +54,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 from torch import nn
 
-from .analysis import layer_sparsity
+from .analysis import SPARSITY_COLUMNS, layer_sparsity
 from .backbones import TINY_CHECKPOINT, load_backbone
 from .datasets import EMBEDDED_TASKS, load_data, make_loaders
 from .masked import DEFAULT_SCALE, DEFAULT_THRESHOLD, INIT_SCHEMES, MASK_KINDS, MaskConfig
@@ -287,6 +287,16 @@ class Explorer:
     def runs(self) -> pd.DataFrame:
         """One row per successful run since the explorer was created (`RUN_COLUMNS`)."""
         return pd.DataFrame(self._rows, columns=RUN_COLUMNS)
+
+    def layer_table(self) -> pd.DataFrame:
+        """The per-layer sparsity of every run (`layers`), stacked with a ``run`` column."""
+        tables = [table.assign(run=number) for number, table in self.layers.items()]
+        return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=[*SPARSITY_COLUMNS, "run"])
+
+    def results(self) -> pd.DataFrame:
+        """The runs as result rows of the lab's tables: `runs` with a ``label`` naming each run."""
+        runs = self.runs
+        return runs.assign(label=[f"#{number} {method}" for number, method in zip(runs["run"], runs["method"])])
 
     # -- training --------------------------------------------------------------------
     def train(self, raise_errors: bool = False) -> dict[str, Any] | None:

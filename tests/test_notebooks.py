@@ -1,5 +1,6 @@
-"""The lab's notebooks: each runs end to end with smoke=True, is committed without outputs,
-and stops in its first cells on a bad parameter, naming it.
+"""The lab's notebooks: each has a text source in sync with its .ipynb, one shape, no committed
+outputs; each runs end to end with smoke=True and stops in its first cells on a bad parameter,
+naming it.
 
 Notebooks are found by glob (notebooks/*.ipynb), so a new notebook is tested as soon as it
 exists. Each run gets its own temporary output_dir; a smoke run must leave a metrics.json with
@@ -8,15 +9,16 @@ result rows, and the CSV tables and HTML figures it writes.
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SHAPE = ["## Setup", "## Run", "## Look", "## What we learned", "## Try it yourself"]
+"""The headings every notebook has, in this order, after its title and **Goal.** (d2l's chapter shape)."""
 
 
 def _execute(notebook: Path, output_dir: Path, **parameters):
@@ -38,8 +40,9 @@ def _parameters(notebook: Path) -> str:
 def test_notebooks_are_found():
     names = [n.stem for n in NOTEBOOKS]
     for expected in ("00_pretrain_backbone", "01_quickstart", "02_init_schemes", "03_ternary_vs_binary",
-                     "04_batchnorm_adaptation", "05_sparsity", "06_multitask"):
+                     "04_batchnorm_adaptation", "05_sparsity", "06_multitask", "07_explorer", "08_baselines"):
         assert expected in names
+    assert not (ROOT / "scripts" / "make_notebooks.py").exists(), "the notebook sources are the .py files"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
@@ -59,10 +62,40 @@ def test_has_smoke_and_output_dir_parameters(notebook):
     assert re.search(r"^output_dir = ", source, re.M), f"{notebook.name}: no 'output_dir' parameter"
 
 
-def test_generated_notebooks_match_their_script():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_notebooks.py"), "--check"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+def _cells(nb) -> list[tuple[str, str, list[str]]]:
+    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_text_source_in_sync(notebook):
+    source = notebook.with_suffix(".py")
+    assert source.exists(), f"{notebook.name} has no text source {source.name} (jupytext percent format)"
+    text = jupytext.read(source)
+    assert text.metadata["jupytext"]["formats"] == "ipynb,py:percent", f"{source.name} is not paired with its .ipynb"
+    assert _cells(text) == _cells(nbformat.read(notebook, 4)), (
+        f"{notebook.name} differs from {source.name}: run `make notebooks` after editing the .py file")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_one_shape(notebook):
+    cells = nbformat.read(notebook, 4).cells
+    title = cells[0].source
+    assert re.match(rf"# {notebook.stem[:2]} · ", title) and "**Goal.**" in title, f"{notebook.name}: title and Goal"
+    headings = [line for c in cells if c.cell_type == "markdown" for line in c.source.splitlines()
+                if line.startswith("## ")]
+    assert [h for h in headings if h in SHAPE] == SHAPE, f"{notebook.name}: sections {headings}, expected {SHAPE}"
+    parameters = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    setup = next(i for i, c in enumerate(cells) if c.source.startswith("## Setup"))
+    assert parameters and parameters[0] > setup, f"{notebook.name}: the parameters cell belongs to Setup"
+    check = cells[parameters[0] + 1]
+    assert check.cell_type == "code" and "pl.Lab(" in check.source, (
+        f"{notebook.name}: the cell after the parameters must check them (pl.Lab)")
+    learned = next(i for i, c in enumerate(cells) if c.source.startswith("## What we learned"))
+    code = next(c for c in cells[learned:] if c.cell_type == "code")
+    assert "lab.learned(" in code.source and "lab.finish(" in code.source, f"{notebook.name}: What we learned"
+    exercises = re.findall(r"^\d\. \*\*", cells[-1].source, re.M)
+    assert cells[-1].source.startswith("## Try it yourself") and 2 <= len(exercises) <= 3, (
+        f"{notebook.name}: end with two or three exercises under 'Try it yourself'")
 
 
 @pytest.mark.slow
@@ -87,15 +120,18 @@ def test_smoke_run(notebook, tmp_path):
     closing = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
                if "text/markdown" in o.get("data", {})]
     assert closing, "no computed 'What we learned' text"
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
 
 
 BAD_PARAMETERS = {
-    "01_quickstart": {"dataset": "imagenet"},
+    "01_quickstart": {"task": "imagenet"},
     "02_init_schemes": {"inits": ["constant", "gaussian"]},
     "03_ternary_vs_binary": {"mask_kinds": ["binary", "quaternary"]},
     "04_batchnorm_adaptation": {"with_finetune": "yes"},
     "05_sparsity": {"thresholds": [5e-3, -1]},
     "06_multitask": {"baselines": ["packnet"]},
+    "07_explorer": {"methods": ["piggyback", "lora"]},
+    "08_baselines": {"init_tasks": ["imagenet"]},
 }
 """A wrong value per notebook; any other notebook gets ``epochs="three"``."""
 
