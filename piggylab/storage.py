@@ -176,19 +176,19 @@ def _metadata_of(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + size]).get("__metadata__", {})
 
 
-def load_task(net: PiggybackNet, path: str | Path, *, name: str | None = None) -> str:
-    """Add the task stored at `path` to `net` (as `name`, default: its saved name).
+def load_task(net: PiggybackNet, path: str | Path, *, task: str | None = None) -> str:
+    """Add the task stored at `path` to `net` (as `task`, default: its saved name).
 
     Fails, leaving `net` unchanged, when the file is damaged, when it was made for another
     backbone (the error names both fingerprints), or when the task already exists.
     """
     tensors, meta = read_task_file(path)
-    name = name or meta["task"]
+    task = task or meta["task"]
     if meta["fingerprint"] != net.fingerprint():
         raise TaskFileError(f"{path} was made for backbone {meta['backbone']!r} with fingerprint {meta['fingerprint']}, "
                             f"but this network's backbone {net.backbone_name!r} has fingerprint {net.fingerprint()}")
-    if name in net.tasks:
-        raise ValueError(f"task {name!r} already exists; remove it first or load under another name")
+    if task in net.tasks:
+        raise ValueError(f"task {task!r} already exists; remove it first or load under another name")
     config = MaskConfig(**json.loads(meta["mask"]))
     layers = json.loads(meta["layers"])
     if [entry["name"] for entry in layers] != list(net.masked_layers):
@@ -201,15 +201,15 @@ def load_task(net: PiggybackNet, path: str | Path, *, name: str | None = None) -
         masks[entry["name"]] = chunk.clone() if packed else torch.from_numpy(decode_mask(
             chunk.numpy(), entry, config.kind, meta["format"], int(np.prod(entry["shape"]))).reshape(entry["shape"]))
     task_bn = json.loads(meta["task_bn"])
-    net.add_task(name, int(meta["num_classes"]), mask=config, task_bn=task_bn,
+    net.add_task(task, int(meta["num_classes"]), mask=config, task_bn=task_bn,
                  class_names=json.loads(meta["class_names"]), activate=False)
     try:
-        net.set_masks(name, masks, packed=packed)
-        net.load_task_state(name, {k: v for k, v in tensors.items() if k != "mask"})
+        net.set_masks(task, masks, packed=packed)
+        net.load_task_state(task, {k: v for k, v in tensors.items() if k != "mask"})
     except BaseException:
-        net.remove_task(name)
+        net.remove_task(task)
         raise
-    return name
+    return task
 
 
 def mask_bits_per_weight(path: str | Path) -> float:

@@ -56,7 +56,7 @@ def test_run_rows(backbone):
     net = pl.PiggybackNet(backbone, backbone_name="test")
     rows = {}
     for method in ("classifier", "piggyback", "finetune"):
-        result = experiments.run(net, data, _spec(method), name=f"toy-{method}", loaders=data.loaders)
+        result = experiments.run(net, data, _spec(method), task=f"toy-{method}", loaders=data.loaders)
         rows[method] = result.row
         assert list(result.history["label"]) == [method] and 0 <= result.row["accuracy"] <= 1
         assert result.row["method"] == result.row["label"] == method and not result.cached
@@ -64,7 +64,7 @@ def test_run_rows(backbone):
     assert net.is_frozen("toy-classifier") and rows["classifier"]["sparsity"] == 0
     assert rows["classifier"]["storage_bytes"] < rows["piggyback"]["storage_bytes"] < rows["finetune"]["storage_bytes"]
     assert rows["finetune"]["bn_mode"] == "task" and rows["piggyback"]["bn_mode"] == "frozen"
-    uniform = experiments.run(net, data, _spec("piggyback", mask=pl.MaskConfig(init="uniform")), name="toy-uniform",
+    uniform = experiments.run(net, data, _spec("piggyback", mask=pl.MaskConfig(init="uniform")), task="toy-uniform",
                               loaders=data.loaders)
     assert uniform.row["initial_sparsity"] > 0.5  # U(-1e-2, 1e-2) against tau 5e-3: about 75% zeros
 

@@ -111,7 +111,7 @@ def test_loading_an_existing_task_name_is_refused(backbone, tmp_path):
     path = pl.save_task(net, "a", tmp_path / "a.safetensors")
     with pytest.raises(ValueError, match="already exists"):
         pl.load_task(net, path)
-    assert pl.load_task(net, path, name="a2") == "a2"
+    assert pl.load_task(net, path, task="a2") == "a2"
 
 
 def test_unknown_format(backbone, tmp_path):
