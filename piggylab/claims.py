@@ -214,50 +214,60 @@ def c4(results: pd.DataFrame) -> Claim:
                               f"{_seeds(near)} points", _verdict(ok))
 
 
-def _variant_rows(results: pd.DataFrame, **where) -> pd.DataFrame:
-    """Piggyback rows on the pretrained backbone matching `where` (column -> value), frozen BN."""
+def _variant_rows(results: pd.DataFrame, *, bn_mode: str | None = "frozen", **where) -> pd.DataFrame:
+    """Piggyback rows on the pretrained backbone, in no order experiment, with batchnorm `bn_mode`
+    (None: either), matching `where` (column -> value)."""
     if results.empty or "method" not in results:
         return results.iloc[:0]
-    r = results[(results["method"] == "piggyback") & (_column(results, "bn_mode", "frozen") == "frozen")
-                & (_column(results, "backbone_variant", "pretrained") == "pretrained")
+    r = results[(results["method"] == "piggyback") & (_column(results, "backbone_variant", "pretrained") == "pretrained")
                 & (_column(results, "order", "") == "")]
+    if bn_mode is not None:
+        r = r[_column(r, "bn_mode", "frozen") == bn_mode]
     for column, value in where.items():
         series = _column(r, column, np.nan)
         r = r[_close(series, value)] if isinstance(value, float) else r[series == value]
-    return r.assign(seed=_column(r, "seed", 0))
+    return r.assign(seed=_column(r, "seed", 0), bn_mode=_column(r, "bn_mode", "frozen"))
+
+
+def _paired(results: pd.DataFrame, column: str, a: str, b: str, **where) -> pd.DataFrame:
+    """Piggyback runs that differ only in `column` (`a` against `b`; either BN mode), matched on
+    task, BN mode and seed: one row per match with the two accuracies and `b`'s row's other columns."""
+    rows = {v: _variant_rows(results, bn_mode=None, **{column: v}, **where) for v in (a, b)}
+    keys = ["task", "bn_mode", "seed"]
+    mean = {v: r.groupby(keys).mean(numeric_only=True) for v, r in rows.items()}
+    joined = mean[b].join(mean[a][["accuracy"]].rename(columns={"accuracy": f"accuracy_{a}"}), how="inner")
+    return joined.rename(columns={"accuracy": f"accuracy_{b}"}).reset_index()
+
+
+def _where(pairs: pd.DataFrame) -> str:
+    return ", ".join(f"{task} ({bn} BN)" for task, bn in pairs[["task", "bn_mode"]].drop_duplicates().itertuples(index=False))
 
 
 def c5(results: pd.DataFrame) -> Claim:
     """§3: constant score init beats uniform init by at least 20 points."""
     paper = "§3: constant init beats uniform init by ≥ 20 points"
-    default = {"mask_kind": "binary", "threshold": DEFAULT_THRESHOLD, "init_scale": DEFAULT_SCALE["uniform"]}
-    constant, uniform = _variant_rows(results, init="constant", **default), _variant_rows(results, init="uniform", **default)
-    both = sorted(set(uniform["task"]) & set(constant["task"]))
-    if not both:
+    pairs = _paired(results, "init", "constant", "uniform", mask_kind="binary", threshold=DEFAULT_THRESHOLD,
+                    init_scale=DEFAULT_SCALE["uniform"])
+    if pairs.empty:
         return _not_run("C5", paper, "constant- and uniform-init runs on one task")
-    c = constant[constant["task"].isin(both)].groupby("seed")["accuracy"].mean()
-    u = uniform[uniform["task"].isin(both)].groupby("seed")["accuracy"].mean()
-    margin = (c - u).dropna()
-    return Claim("C5", paper, f"{', '.join(both)}: constant {_seeds(c)}, uniform {_seeds(u)}: margin {_seeds(margin)} points",
+    by_seed = pairs.groupby("seed")[["accuracy_constant", "accuracy_uniform"]].mean()
+    margin = by_seed["accuracy_constant"] - by_seed["accuracy_uniform"]
+    return Claim("C5", paper, f"{_where(pairs)}: constant {_seeds(by_seed['accuracy_constant'])}, uniform "
+                              f"{_seeds(by_seed['accuracy_uniform'])}: margin {_seeds(margin)} points",
                  _verdict(beats(margin, 0.20)))
 
 
 def c6(results: pd.DataFrame) -> Claim:
     """§3: ternary masks are within 2 points (or the seed std) of binary ones, with weights actually negated."""
     paper = "§3: ternary within 2 points (or the seed std) of binary, with ≥ 0.1% of the weights negated"
-    default = {"init": "constant", "threshold": DEFAULT_THRESHOLD}
-    binary, ternary = _variant_rows(results, mask_kind="binary", **default), _variant_rows(results, mask_kind="ternary", **default)
-    both = sorted(set(binary["task"]) & set(ternary["task"]))
-    if not both:
+    pairs = _paired(results, "mask_kind", "binary", "ternary", init="constant", threshold=DEFAULT_THRESHOLD)
+    if pairs.empty:
         return _not_run("C6", paper, "binary and ternary runs on the same task")
-    b = binary[binary["task"].isin(both)].groupby(["task", "seed"])["accuracy"].mean()
-    t = ternary[ternary["task"].isin(both)].groupby(["task", "seed"])["accuracy"].mean()
-    diff = (t - b).groupby(level="seed").mean().dropna()
-    negated = ternary[ternary["task"].isin(both)].groupby("seed")["negated"].mean()
+    diff = (pairs["accuracy_ternary"] - pairs["accuracy_binary"]).groupby(pairs["seed"]).mean()
+    negated = pairs.groupby("seed")["negated"].mean()
     spread = diff.std(ddof=1) if len(diff) > 1 else 0.0
-    close = abs(diff.mean()) <= max(0.02, spread)
-    ok = close and negated.mean() >= 0.001
-    return Claim("C6", paper, f"{', '.join(both)}: ternary minus binary {_seeds(diff)} points; "
+    ok = abs(diff.mean()) <= max(0.02, spread) and negated.mean() >= 0.001
+    return Claim("C6", paper, f"{_where(pairs)}: ternary minus binary {_seeds(diff)} points; "
                               f"{negated.mean():.2%} of the weights negated", _verdict(ok))
 
 
@@ -311,7 +321,7 @@ def c8(results: pd.DataFrame) -> Claim:
     check = results[_column(results, "order_check", "") != ""] if "order_check" in results else results.iloc[:0]
     pig = chosen_piggyback(results)
     if pack.empty or _column(pack, "order", "").nunique() < 2 or pig.empty or check.empty:
-        return _not_run("C8", paper, "PackNet in two orders, piggyback runs and notebook 06's order check")
+        return _not_run("C8", paper, "PackNet in two orders, piggyback runs and a piggyback order check")
     pack_mean = pack.groupby("seed")["accuracy"].mean()
     pig_mean = pig[pig["task"].isin(pack["task"])].groupby("seed")["accuracy"].mean()
     by_order = pack.pivot_table(index=["seed", "task"], columns="order", values="accuracy")
