@@ -57,13 +57,9 @@ def test_package_reexports_every_public_name():
 
     modules = (taskdata, embedded, paper, loaders)
     for public in D.__all__:
-        owner = plots if public == "gallery" else next(m for m in modules if public in vars(m))
+        owner = next(m for m in modules if public in vars(m))
         assert getattr(D, public) is getattr(owner, public), public
-    from piggylab.datasets import gallery  # moved to piggylab.plots, still importable from here
-
-    assert gallery is plots.gallery
-    with pytest.raises(AttributeError, match="no attribute 'galery'"):
-        D.galery
+    assert not hasattr(D, "gallery")  # a figure: piggylab.plots.gallery
 
 
 def test_task_is_the_keyword_everywhere():

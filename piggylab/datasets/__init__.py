@@ -25,8 +25,6 @@ of sample images is `piggylab.plots.gallery`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .embedded import embedded_task, glyph_fonts, task_table
 from .loaders import load_data, make_loaders
 from .paper import IMAGENET_MEAN, IMAGENET_STD, paper_task
@@ -36,16 +34,5 @@ from .taskdata import (EMBEDDED_SOURCE, EMBEDDED_TASKS, GLYPHS_MEAN, GLYPHS_STD,
 __all__ = [
     "EMBEDDED_SOURCE", "EMBEDDED_TASKS", "PAPER_DATASETS", "GLYPHS_MEAN", "GLYPHS_STD", "IMAGENET_MEAN",
     "IMAGENET_STD", "IMAGE_SIZE", "ArrayDataset", "TaskData", "embedded_task", "paper_task", "load_data",
-    "make_loaders", "gallery", "task_table", "glyph_fonts", "channel_stats",
+    "make_loaders", "task_table", "glyph_fonts", "channel_stats",
 ]
-
-
-def __getattr__(attribute: str) -> Any:
-    """`gallery` moved to `piggylab.plots` (a figure, not data); it is still found here, imported
-    on first use, so that ``from piggylab.datasets import gallery`` keeps working without this
-    package importing plotly (or `piggylab.plots` importing a half-made package)."""
-    if attribute == "gallery":
-        from ..plots import gallery
-
-        return gallery
-    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
