@@ -172,14 +172,14 @@ class PackNet(MultiTaskNet):
         return max(1, math.ceil(math.log2(len(self.tasks) + 1)))
 
     # -- tasks -------------------------------------------------------------------------------
-    def add_task(self, name: str, num_classes: int, *, class_names: Sequence[str] | None = None,
+    def add_task(self, task: str, num_classes: int, *, class_names: Sequence[str] | None = None,
                  seed: int | None = None) -> PackTask:
         """Add the next task: a fresh head and (with ``bn_mode="task"``) a copy of the backbone's BN.
 
         The previous task must be trained first (its weights must be packed before another
         task can claim the rest). With a `seed` the head is drawn from its own RNG.
         """
-        self.check_new_task(name, num_classes, class_names)
+        self.check_new_task(task, num_classes, class_names)
         untrained = [t.name for t in self.tasks.values() if not t.trained]
         if untrained:
             raise ValueError(f"train task {untrained[0]!r} (train_packnet) before adding another")
@@ -188,60 +188,60 @@ class PackNet(MultiTaskNet):
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            task = self.new_task(name, num_classes, class_names, index=len(self.tasks) + 1)
+            info = self.new_task(task, num_classes, class_names, index=len(self.tasks) + 1)
         if self.bn_mode == "task":
-            self.add_task_bn(name)
-        self.set_task(name)
-        return task
+            self.add_task_bn(task)
+        self.set_task(task)
+        return info
 
-    def remove_task(self, name: str) -> None:
+    def remove_task(self, task: str) -> None:
         raise NotImplementedError("a PackNet task cannot be removed: later tasks were trained on top of its weights")
 
     def activate_weights(self, task: PackTask | None) -> None:
         for _, index, _ in self.indices():
             index.task, index.phase = (0, "eval") if task is None else (task.index, self.phase)
 
-    def set_task(self, name: str, phase: str = "eval") -> None:
-        """Make `name` the task the network computes: the weights with index 1..k (PackNet §3);
+    def set_task(self, task: str, phase: str = "eval") -> None:
+        """Make `task` the one the network computes: the weights with index 1..k (PackNet §3);
         `phase` ``train`` or ``retrain`` is how `train_packnet` trains it."""
         self.phase = check_choice(phase, PHASES, "phase")
-        super().set_task(name)
+        super().set_task(task)
 
     @torch.no_grad()
-    def prune(self, name: str, fraction: float) -> dict[str, int]:
-        """Step 2 of training task `name`: per layer, of the n free weights (all of which the task
+    def prune(self, task: str, fraction: float) -> dict[str, int]:
+        """Step 2 of training `task`: per layer, of the n free weights (all of which the task
         trained), keep the ``n - round(fraction * n)`` largest in magnitude, mark them as the
         task's and zero the others, which stay free. Returns the weights kept per layer."""
-        task = self.check_task(name)
+        info = self.check_task(task)
         check_fraction(fraction)
-        if task.trained:
-            raise ValueError(f"task {name!r} was already pruned")
-        if name != list(self.tasks)[-1]:
-            raise ValueError(f"only the newest task can be pruned, not {name!r}")
+        if info.trained:
+            raise ValueError(f"task {task!r} was already pruned")
+        if task != list(self.tasks)[-1]:
+            raise ValueError(f"only the newest task can be pruned, not {task!r}")
         kept = {}
         for layer, index, weight in self.indices():
             owner = index.index.flatten().clone()  # in logical order, whatever the memory format
             free = (owner == 0).nonzero().squeeze(1)
             keep = free.numel() - round(fraction * free.numel())
             top = torch.topk(weight.detach().flatten()[free].abs(), keep, sorted=False).indices
-            owner[free[top]] = task.index
+            owner[free[top]] = info.index
             index.index.copy_(owner.view_as(index.index))
             weight.masked_fill_(index.index == 0, 0.0)
             kept[layer] = keep
-        task.prune_fraction = float(fraction)
-        task.free_after = sum(self.free_counts().values())
+        info.prune_fraction = float(fraction)
+        info.free_after = sum(self.free_counts().values())
         return kept
 
-    def training_groups(self, name: str, phase: str, *, lr: float) -> tuple[nn.Module, list[dict]]:
-        """What training task `name` in `phase` (``train``: the free weights; ``retrain``: the
+    def training_groups(self, task: str, phase: str, *, lr: float) -> tuple[nn.Module, list[dict]]:
+        """What training `task` in `phase` (``train``: the free weights; ``retrain``: the
         kept ones) changes: the shared weights, gradient-masked by the phase, the task's head
         and its batchnorm copy, all at `lr`. The shared weights need a gradient meanwhile."""
-        self.check_task(name)
+        self.check_task(task)
         check_choice(phase, ("train", "retrain"), "phase")
-        self.set_task(name, phase)
+        self.set_task(task, phase)
         weights = [weight.requires_grad_(True) for _, _, weight in self.indices()]
-        params = weights + list(self.heads.heads[name].parameters())
-        params += [p for _, bn in self.batchnorms() if name in bn.per_task for p in bn.per_task[name].parameters()]
+        params = weights + list(self.heads.heads[task].parameters())
+        params += [p for _, bn in self.batchnorms() if task in bn.per_task for p in bn.per_task[task].parameters()]
         return self, [{"params": params, "lr": lr}]
 
     def storage_table(self) -> pd.DataFrame:

@@ -58,7 +58,7 @@ class PiggybackNet(MultiTaskNet):
         super().__init__(backbone, backbone_name=backbone_name, classifier=classifier, make_masks=TaskMasks)
 
     # -- tasks -------------------------------------------------------------------------------
-    def add_task(self, name: str, num_classes: int, *, mask: MaskConfig | None = None, task_bn: bool = False,
+    def add_task(self, task: str, num_classes: int, *, mask: MaskConfig | None = None, task_bn: bool = False,
                  class_names: Sequence[str] | None = None, activate: bool = True,
                  seed: int | None = None) -> PiggybackTask:
         """Add a task with a fresh head and fresh scores; by default it becomes the active task.
@@ -72,14 +72,14 @@ class PiggybackNet(MultiTaskNet):
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            task = self.new_task(name, num_classes, class_names, mask=mask)
+            info = self.new_task(task, num_classes, class_names, mask=mask)
             for _, masks, weight in self.masked_weights():
-                masks.add_task(name, mask, weight)
+                masks.add_task(task, mask, weight)
         if task_bn:
-            self.add_task_bn(name)
+            self.add_task_bn(task)
         if activate or self.active_task is None:
-            self.set_task(name)
-        return task
+            self.set_task(task)
+        return info
 
     def activate_weights(self, task: PiggybackTask | None) -> None:
         """Every masked layer computes `task`: a frozen task's merged weights are computed now,
@@ -88,70 +88,70 @@ class PiggybackNet(MultiTaskNet):
         for _, masks, weight in self.masked_weights():
             masks.activate(None if task is None else task.name, None if task is None else task.mask, weight)
 
-    def freeze_task(self, name: str) -> None:
+    def freeze_task(self, task: str) -> None:
         """Replace the task's scores by its packed thresholded masks: all a trained task keeps (§3)."""
-        task = self.check_task(name)
+        info = self.check_task(task)
         for _, masks, _ in self.masked_weights():
-            masks.freeze(name, task.mask)
-        task.frozen = True
-        if self.active_task == name:
-            self.set_task(name)
+            masks.freeze(task, info.mask)
+        info.frozen = True
+        if self.active_task == task:
+            self.set_task(task)
 
-    def is_frozen(self, name: str) -> bool:
-        return self.check_task(name).frozen
+    def is_frozen(self, task: str) -> bool:
+        return self.check_task(task).frozen
 
-    def masks(self, name: str) -> dict[str, Tensor]:
+    def masks(self, task: str) -> dict[str, Tensor]:
         """Per masked weight, the task's mask (bool for binary, int8 for ternary)."""
-        task = self.check_task(name)
-        return {layer: masks.mask(name, task.mask) for layer, masks, _ in self.masked_weights()}
+        info = self.check_task(task)
+        return {layer: masks.mask(task, info.mask) for layer, masks, _ in self.masked_weights()}
 
-    def packed_masks(self, name: str) -> dict[str, Tensor]:
+    def packed_masks(self, task: str) -> dict[str, Tensor]:
         """Per masked weight, the frozen task's packed mask (`piggylab.masked.pack_mask`)."""
-        if not self.is_frozen(name):
-            raise ValueError(f"task {name!r} still has scores; freeze it first (freeze_task)")
-        return {layer: masks.packed[name] for layer, masks, _ in self.masked_weights()}
+        if not self.is_frozen(task):
+            raise ValueError(f"task {task!r} still has scores; freeze it first (freeze_task)")
+        return {layer: masks.packed[task] for layer, masks, _ in self.masked_weights()}
 
-    def set_masks(self, name: str, masks: dict[str, Tensor], *, packed: bool = False) -> None:
+    def set_masks(self, task: str, masks: dict[str, Tensor], *, packed: bool = False) -> None:
         """Fix the task's masks and freeze it (for loading): bool/{0, 1} (binary) or {-1, 0, 1}
         (ternary) tensors shaped like the weights, or with ``packed=True`` their packed bytes.
         Every mask is checked before any is set, so a bad one leaves the task as it was."""
         from .masked import pack_mask, packed_size
 
-        task = self.check_task(name)
+        info = self.check_task(task)
         missing = [layer for layer in self.masked_layers if layer not in masks]
         if missing:
             raise KeyError(f"no mask for {len(missing)} masked layer(s), e.g. {missing[0]!r}")
         checked = []
         for layer, layer_masks, weight in self.masked_weights():
             given = masks[layer]
-            expected = (packed_size(weight.numel(), task.mask.kind),) if packed else tuple(weight.shape)
+            expected = (packed_size(weight.numel(), info.mask.kind),) if packed else tuple(weight.shape)
             if tuple(given.shape) != expected:
                 what = "packed mask" if packed else "mask"
                 raise ValueError(f"{what} for {layer} has shape {tuple(given.shape)}, expected {expected}")
             given = given.to(weight.device)
-            checked.append((layer_masks, given if packed else pack_mask(given, task.mask.kind)))
+            checked.append((layer_masks, given if packed else pack_mask(given, info.mask.kind)))
         for layer_masks, stream in checked:
-            layer_masks.set_packed(name, stream)
-        task.frozen = True
-        if self.active_task == name:
-            self.set_task(name)
+            layer_masks.set_packed(task, stream)
+        info.frozen = True
+        if self.active_task == task:
+            self.set_task(task)
 
     # -- training ----------------------------------------------------------------------------
-    def task_parameters(self, name: str, *, scores: bool = True, head: bool = True, bn: bool = True) -> list[nn.Parameter]:
+    def task_parameters(self, task: str, *, scores: bool = True, head: bool = True, bn: bool = True) -> list[nn.Parameter]:
         """The trainable tensors of one task (never a backbone tensor)."""
-        self.check_task(name)
+        self.check_task(task)
         params: list[nn.Parameter] = []
         if scores:
-            params += [masks.scores[name] for _, masks, _ in self.masked_weights() if name in masks.scores]
+            params += [masks.scores[task] for _, masks, _ in self.masked_weights() if task in masks.scores]
         if head:
-            params += list(self.heads.heads[name].parameters())
+            params += list(self.heads.heads[task].parameters())
         if bn:
-            params += [p for _, b in self.batchnorms() if name in b.per_task for p in b.per_task[name].parameters()]
+            params += [p for _, b in self.batchnorms() if task in b.per_task for p in b.per_task[task].parameters()]
         return params
 
-    def training_groups(self, name: str, method: str = "piggyback", *, lr: float, lr_scores: float | None = None,
+    def training_groups(self, task: str, method: str = "piggyback", *, lr: float, lr_scores: float | None = None,
                         bn_mode: str | None = None) -> tuple[nn.Module, list[dict]]:
-        """What training task `name` by `method` trains: ``(model, parameter groups)``.
+        """What training `task` by `method` trains: ``(model, parameter groups)``.
 
         - `piggyback`: this network; the task's head (and task BN) at `lr`, its scores at
           `lr_scores` (§3; the task must not be frozen yet).
@@ -165,24 +165,24 @@ class PiggybackNet(MultiTaskNet):
         has one; None keeps the task's own setting.
         """
         check_choice(method, METHODS, "method")
-        task = self.check_task(name)
+        info = self.check_task(task)
         if bn_mode is not None:
             check_choice(bn_mode, BN_MODES, "bn_mode")
-            if bn_mode == "task" and not task.task_bn:
-                self.add_task_bn(name)
-            elif bn_mode == "frozen" and task.task_bn:
-                raise ValueError(f"task {name!r} has task-specific BN; bn_mode='frozen' would ignore it")
+            if bn_mode == "task" and not info.task_bn:
+                self.add_task_bn(task)
+            elif bn_mode == "frozen" and info.task_bn:
+                raise ValueError(f"task {task!r} has task-specific BN; bn_mode='frozen' would ignore it")
         if method == "finetune":
-            model = self.individual_network(name)
+            model = self.individual_network(task)
             return model, [{"params": list(model.parameters()), "lr": lr}]
         if method == "classifier":
-            if not task.frozen:
-                self.freeze_task(name)
-        elif task.frozen:
-            raise ValueError(f"task {name!r} was already trained and frozen into a mask; add a new task to train again")
-        self.set_task(name)
-        groups = [{"params": self.task_parameters(name, scores=False), "lr": lr}]
+            if not info.frozen:
+                self.freeze_task(task)
+        elif info.frozen:
+            raise ValueError(f"task {task!r} was already trained and frozen into a mask; add a new task to train again")
+        self.set_task(task)
+        groups = [{"params": self.task_parameters(task, scores=False), "lr": lr}]
         if method == "piggyback":
-            groups.append({"params": self.task_parameters(name, head=False, bn=False),
+            groups.append({"params": self.task_parameters(task, head=False, bn=False),
                            "lr": lr if lr_scores is None else lr_scores})
         return self, groups

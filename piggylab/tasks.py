@@ -241,79 +241,79 @@ class MultiTaskNet(nn.Module):
         return self._fingerprint
 
     # -- the task registry ---------------------------------------------------------------------
-    def check_task(self, name: str) -> Task:
-        """The task called `name`, or a KeyError naming the known tasks."""
-        if name not in self.tasks:
+    def check_task(self, task: str) -> Task:
+        """The registered `Task` of `task`, or a KeyError naming the known tasks."""
+        if task not in self.tasks:
             known = ", ".join(self.tasks) or "none yet"
-            raise KeyError(f"unknown task {name!r}; known tasks: {known}")
-        return self.tasks[name]
+            raise KeyError(f"unknown task {task!r}; known tasks: {known}")
+        return self.tasks[task]
 
     task = check_task
 
-    def check_tasks(self, names: Sequence[str]) -> None:
-        """Refuse `names` if any of them is not a task (the error lists the unknown ones)."""
-        unknown = sorted(set(names) - set(self.tasks))
+    def check_tasks(self, tasks: Sequence[str]) -> None:
+        """Refuse `tasks` if any of them is not a task (the error lists the unknown ones)."""
+        unknown = sorted(set(tasks) - set(self.tasks))
         if unknown:
             raise KeyError(f"unknown task(s) {', '.join(map(repr, unknown))}; known tasks: "
                            f"{', '.join(self.tasks) or 'none yet'}")
 
-    def check_new_task(self, name: str, num_classes: int, class_names: Sequence[str] | None) -> tuple[int, list[str]]:
+    def check_new_task(self, task: str, num_classes: int, class_names: Sequence[str] | None) -> tuple[int, list[str]]:
         """Refuse a bad name (or one in use) and a class count that is not a positive integer or
         does not match `class_names`; return (num_classes, class_names)."""
-        if not isinstance(name, str) or not TASK_NAME.match(name):
-            raise ValueError(f"task name {name!r} must be letters, digits, '_' or '-', starting with a letter or '_'")
-        if name in self.tasks:
-            raise ValueError(f"task {name!r} already exists; remove it first")
-        if hasattr(nn.Module(), name):
-            raise ValueError(f"task name {name!r} is reserved (an nn.Module attribute); choose another")
+        if not isinstance(task, str) or not TASK_NAME.match(task):
+            raise ValueError(f"task name {task!r} must be letters, digits, '_' or '-', starting with a letter or '_'")
+        if task in self.tasks:
+            raise ValueError(f"task {task!r} already exists; remove it first")
+        if hasattr(nn.Module(), task):
+            raise ValueError(f"task name {task!r} is reserved (an nn.Module attribute); choose another")
         num_classes = positive_int(num_classes, "num_classes")
         class_names = list(class_names) if class_names is not None else []
         if class_names and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         return num_classes, class_names
 
-    def new_task(self, name: str, num_classes: int, class_names: Sequence[str] | None, **fields) -> Task:
+    def new_task(self, task: str, num_classes: int, class_names: Sequence[str] | None, **fields) -> Task:
         """Check a new task (`check_new_task`), give it a fresh head and register it."""
-        num_classes, class_names = self.check_new_task(name, num_classes, class_names)
+        num_classes, class_names = self.check_new_task(task, num_classes, class_names)
         device = next(iter(self.masked_weights()))[2].device
-        self.heads.heads[name] = nn.Linear(self.heads.in_features, num_classes).to(device)
-        task = self.task_type(name, num_classes, class_names=class_names, **fields)
-        self.tasks[name] = task
-        return task
+        self.heads.heads[task] = nn.Linear(self.heads.in_features, num_classes).to(device)
+        info = self.task_type(task, num_classes, class_names=class_names, **fields)
+        self.tasks[task] = info
+        return info
 
-    def add_task_bn(self, name: str) -> None:
+    def add_task_bn(self, task: str) -> None:
         """Give the task its own copy of every batchnorm layer, starting from the backbone's (§5.3)."""
-        task = self.check_task(name)
+        info = self.check_task(task)
         for _, bn in self.batchnorms():
-            bn.per_task[name] = copy.deepcopy(bn.shared).requires_grad_(True)
-        task.task_bn = True
+            bn.per_task[task] = copy.deepcopy(bn.shared).requires_grad_(True)
+        info.task_bn = True
 
-    def remove_task(self, name: str) -> None:
+    def remove_task(self, task: str) -> None:
         """Forget the task: its head, BN copies and what the masked layers keep of it."""
-        self.check_task(name)
+        self.check_task(task)
         for _, masks, _ in self.masked_weights():
-            masks.remove_task(name)
-        del self.heads.heads[name]
+            masks.remove_task(task)
+        del self.heads.heads[task]
         for _, bn in self.batchnorms():
-            if name in bn.per_task:
-                del bn.per_task[name]
-        del self.tasks[name]
-        if self.active_task == name:
+            if task in bn.per_task:
+                del bn.per_task[task]
+        del self.tasks[task]
+        if self.active_task == task:
             self.active_task = self.heads.active = None
             for _, bn in self.batchnorms():
                 bn.active = None
             if self.tasks:
                 self.set_task(next(iter(self.tasks)))
 
-    def set_task(self, name: str) -> None:
-        """Make `name` the task the network computes: its head, BN and weights (`activate_weights`).
+    def set_task(self, task: str) -> None:
+        """Make `task` the one the network computes: its head, BN and weights (`activate_weights`).
         If making its weights fails, no task is left active, so no layer computes another's."""
-        task = self.check_task(name)
-        self.active_task = self.heads.active = name
+        info = self.check_task(task)
+        self.active_task = self.heads.active = task
         for _, bn in self.batchnorms():
-            bn.active = name
+            bn.active = task
         try:
-            self.activate_weights(task)
+            self.activate_weights(info)
         except BaseException:
             self.active_task = self.heads.active = None
             self.activate_weights(None)
@@ -323,22 +323,22 @@ class MultiTaskNet(nn.Module):
         """Make every masked layer compute `task`'s weights (None: the plain ones); the subclass's."""
         raise NotImplementedError
 
-    def task_state(self, name: str) -> dict[str, Tensor]:
+    def task_state(self, task: str) -> dict[str, Tensor]:
         """The head and task-specific BN tensors of one task (its masks apart)."""
-        self.check_task(name)
-        state = {f"head.{k}": v for k, v in self.heads.heads[name].state_dict().items()}
+        self.check_task(task)
+        state = {f"head.{k}": v for k, v in self.heads.heads[task].state_dict().items()}
         for layer, bn in self.batchnorms():
-            if name in bn.per_task:
-                state.update({f"bn.{layer}.{k}": v for k, v in bn.per_task[name].state_dict().items()})
+            if task in bn.per_task:
+                state.update({f"bn.{layer}.{k}": v for k, v in bn.per_task[task].state_dict().items()})
         return state
 
-    def load_task_state(self, name: str, state: dict[str, Tensor]) -> None:
-        self.check_task(name)
-        self.heads.heads[name].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+    def load_task_state(self, task: str, state: dict[str, Tensor]) -> None:
+        self.check_task(task)
+        self.heads.heads[task].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         for layer, bn in self.batchnorms():
-            if name in bn.per_task:
+            if task in bn.per_task:
                 prefix = f"bn.{layer}."
-                bn.per_task[name].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+                bn.per_task[task].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
     # -- computing -------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -374,22 +374,22 @@ class MultiTaskNet(nn.Module):
         """Each sample's predicted class under its own task, in input order (`forward_tasks`)."""
         return torch.stack([logits.argmax() for logits in self.forward_tasks(x, tasks)])
 
-    def plain_model(self, name: str) -> nn.Module:
-        """A plain model of the backbone's own class computing task `name`: its weights baked
+    def plain_model(self, task: str) -> nn.Module:
+        """A plain model of the backbone's own class computing `task`: its weights baked
         in, its BN (own or shared) and its head as the classifier; frozen, on the same device.
-        The network is unchanged (but `name` becomes the active task)."""
-        self.set_task(name)
+        The network is unchanged (but `task` becomes the active task)."""
+        self.set_task(task)
         memo: dict[int, nn.Module] = {id(wrapper): wrapper.unwrap() for wrapper in self._layers.values()}
         for _, bn in self.batchnorms():
-            memo[id(bn)] = copy.deepcopy(bn.for_task(name))
-        memo[id(self.heads)] = copy.deepcopy(self.heads.heads[name])
+            memo[id(bn)] = copy.deepcopy(bn.for_task(task))
+        memo[id(self.heads)] = copy.deepcopy(self.heads.heads[task])
         model = copy.deepcopy(self.backbone, memo)
         return model.requires_grad_(False)
 
-    def individual_network(self, name: str) -> nn.Module:
-        """A plain, fully trainable copy of the network for task `name` (`plain_model`): the
+    def individual_network(self, task: str) -> nn.Module:
+        """A plain, fully trainable copy of the network for `task` (`plain_model`): the
         paper's fine-tuning baseline ("individual networks") starts from it."""
-        return self.plain_model(name).requires_grad_(True)
+        return self.plain_model(task).requires_grad_(True)
 
     def extra_repr(self) -> str:
         return (f"backbone={self.backbone_name!r}, masked_layers={len(self.masked_layers)}, "
