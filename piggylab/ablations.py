@@ -167,8 +167,9 @@ def backbone_init_ablation(variants: Sequence[BackboneVariant], tasks: Sequence[
                            progress: bool = False) -> pd.DataFrame:
     """Piggyback (paper §3) on every task over every backbone variant; one row per (task, variant).
 
-    Rows: `run`'s (task, method, accuracy, sparsity, ...) plus ``backbone_variant`` and
-    ``source_accuracy``, and ``experiment`` = ``backbone_init``. Paper §5.1: "a well-initialised
+    Rows: `run`'s (task, method, accuracy, sparsity, ...) with the variant in their ``label``
+    (``piggyback (random backbone)``), plus ``backbone_variant``, ``source_accuracy`` and
+    ``experiment`` = ``backbone_init``. Paper §5.1: "a well-initialised
     backbone is essential". With a `cache`, the pretrained variant's runs are the standard ones.
     """
     rows = []
@@ -176,7 +177,8 @@ def backbone_init_ablation(variants: Sequence[BackboneVariant], tasks: Sequence[
         net = PiggybackNet(variant.model, backbone_name=variant.name)
         for data in tasks:
             result = run(net, data, spec, batch_size=batch_size, cache=cache, progress=progress)
-            rows.append({**result.row, "backbone_variant": variant.name, "source_accuracy": variant.source_accuracy,
+            rows.append({**result.row, "label": f"{result.row['label']} ({variant.name} backbone)",
+                         "backbone_variant": variant.name, "source_accuracy": variant.source_accuracy,
                          "experiment": "backbone_init"})
     return pd.DataFrame(rows)
 

@@ -59,6 +59,7 @@ def test_backbone_init_ablation(backbone, tasks):
     rows = backbone_init_ablation(variants, tasks[:1], RunSpec(pl.TrainConfig("piggyback", epochs=1, device="cpu")),
                                   batch_size=16)
     assert rows["backbone_variant"].tolist() == ["pretrained", "random"] and set(rows["method"]) == {"piggyback"}
+    assert rows["label"].tolist() == ["piggyback (pretrained backbone)", "piggyback (random backbone)"]
     assert set(rows["experiment"]) == {"backbone_init"}
     assert {"accuracy", "sparsity", "storage_bytes", "source_accuracy"} <= set(rows.columns)
 
