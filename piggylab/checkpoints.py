@@ -116,7 +116,7 @@ class TrainingState:
             "scheduler": scheduler, "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "rng": {"cuda": len(cuda_states), "generators": len(self.generators)},
         }
-        return atomic_write_bytes(path, st_save(tensors, {"checkpoint": json.dumps(header)}))
+        return atomic_write_bytes(path, st_save(tensors, {"checkpoint": json.dumps(header, default=float)}))
 
     def load(self, path: str | Path) -> Progress:
         """Restore the run from the checkpoint at `path` and return where it stands; a
@@ -145,9 +145,9 @@ class TrainingState:
                                   "resume with its settings, or start afresh (resume=False)")
         if header["groups"] != self.groups:
             saved, now = {n for g in header["groups"] for n in g}, {n for g in self.groups for n in g}
-            raise CheckpointError(f"checkpoint {path} trains other tensors than this run: "
-                                  f"{len(saved - now)} only in the checkpoint, {len(now - saved)} only in this run, "
-                                  f"e.g. {sorted(saved ^ now)[:1] or 'the same ones in another order'}")
+            example = f"e.g. {sorted(saved ^ now)[0]}" if saved ^ now else "the same ones, grouped or ordered otherwise"
+            raise CheckpointError(f"checkpoint {path} trains other tensors than this run: {len(saved - now)} only "
+                                  f"in the checkpoint, {len(now - saved)} only in this run ({example})")
         for name, tensor in self.tensors.items():
             saved = tensors.get(f"tensor/{name}")
             if saved is None or saved.shape != tensor.shape:
@@ -179,9 +179,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     try:
         data = path.read_bytes()
         tensors = st_load(data)
-        header = json.loads(json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]["checkpoint"])
-    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as error:
+        metadata = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
+        header = json.loads(metadata.get("checkpoint", "{}"))
+    except (OSError, SafetensorError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupted?): {error}") from None
     if header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise CheckpointError(f"{path} is not a {FORMAT} file of version {VERSION}")
+        raise CheckpointError(f"{path} is not a training checkpoint ({FORMAT} version {VERSION})")
     return tensors, header

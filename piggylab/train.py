@@ -313,7 +313,8 @@ class Trainer:
         from its last complete epoch, as if it had never stopped (on CPU, bit for bit). The
         checkpoint belongs to the run: `task` (default: a multi-task network's active task),
         `backbone` (default: `model_fingerprint`) and the config's fields but `OUTSIDE_A_RUN`
-        must be the same, or it is refused with the difference named.
+        must be the same, or it is refused with the difference named. Callbacks see the epochs
+        and steps this call trains, not those read back.
         """
         cfg = self.config
         device = resolve_device(cfg.device)

@@ -186,3 +186,16 @@ def test_experiments_run_resumes_from_its_checkpoint(tmp_path, backbone):
     same = ["accuracy", "val_accuracy", "train_accuracy", "sparsity", "steps", "storage_bytes"]
     assert {k: resumed.row[k] for k in same} == {k: reference.row[k] for k in same}
     pd.testing.assert_frame_equal(resumed.history.drop(columns="wall_time"), reference.history.drop(columns="wall_time"))
+
+
+def test_a_checkpoint_of_other_trained_tensors_is_refused(tmp_path):
+    torch.manual_seed(0)
+    model = pl.tiny_resnet(num_classes=3, widths=(8, 16, 32))
+    trainer = pl.Trainer(pl.TrainConfig("finetune", epochs=1, device="cpu"), progress=False)
+    head = [{"params": list(model.fc.parameters()), "lr": 1e-2}]
+    checkpoint = tmp_path / "head.ckpt"
+    trainer.fit(model, head, synthetic_loader(1), backbone="same", checkpoint=checkpoint)
+    everything = [{"params": list(model.parameters()), "lr": 1e-2}]
+    with pytest.raises(CheckpointError, match=r"trains other tensors than this run: 0 only in the checkpoint, "
+                                              r"\d+ only in this run \(e.g. bn1.bias\)"):
+        trainer.fit(model, everything, synthetic_loader(1), backbone="same", checkpoint=checkpoint, resume=True)
