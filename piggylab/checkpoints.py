@@ -37,6 +37,9 @@ from .io import atomic_write_bytes
 
 FORMAT = "piggylab-checkpoint"
 VERSION = 1
+FROM_CONFIG = ("milestones", "lr_lambdas")
+"""Learning-rate scheduler state that the run's configuration makes (`MultiStepLR`'s milestones,
+`LambdaLR`'s functions): not saved, but taken from the scheduler the resumed run makes."""
 
 
 class CheckpointError(ValueError):
@@ -108,7 +111,7 @@ class TrainingState:
         cuda_states = torch.cuda.get_rng_state_all() if self.cuda else []
         tensors.update({f"rng/cuda/{i}": s for i, s in enumerate(cuda_states)})
         tensors.update({f"rng/generator/{i}": g.get_state() for i, g in enumerate(self.generators)})
-        scheduler = {k: v for k, v in self.scheduler.state_dict().items() if k != "milestones"}  # the config's
+        scheduler = {k: v for k, v in self.scheduler.state_dict().items() if k not in FROM_CONFIG}
         header = {
             "format": FORMAT, "version": VERSION, "identity": self.identity,
             "epoch": progress.epoch, "step": progress.step, "history": progress.history, "groups": self.groups,
@@ -127,7 +130,7 @@ class TrainingState:
             for name, tensor in self.tensors.items():
                 tensor.copy_(tensors[f"tensor/{name}"])
         self.optimizer.load_state_dict(self._optimizer_state(header["optimizer"], tensors))
-        self.scheduler.load_state_dict({**header["scheduler"], "milestones": self.scheduler.state_dict()["milestones"]})
+        self.scheduler.load_state_dict({**self.scheduler.state_dict(), **header["scheduler"]})
         if self.scaler is not None and header["scaler"] is not None:
             self.scaler.load_state_dict(header["scaler"])
         torch.set_rng_state(tensors["rng/torch"])
