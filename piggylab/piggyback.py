@@ -150,7 +150,7 @@ class PiggybackNet(MultiTaskNet):
         return params
 
     def training_groups(self, task: str, method: str = "piggyback", *, lr: float, lr_scores: float | None = None,
-                        bn_mode: str | None = None) -> tuple[nn.Module, list[dict]]:
+                        bn_mode: str | None = None, scores_from: int = 0) -> tuple[nn.Module, list[dict]]:
         """What training `task` by `method` trains: ``(model, parameter groups)``.
 
         - `piggyback`: this network; the task's head (and task BN) at `lr`, its scores at
@@ -162,7 +162,9 @@ class PiggybackNet(MultiTaskNet):
           every tensor at `lr` (the paper's "individual networks"; BN trained).
 
         `bn_mode` `task` gives the task its own BN first (§5.3); `frozen` refuses a task that
-        has one; None keeps the task's own setting.
+        has one; None keeps the task's own setting. `scores_from`: the epoch from which the
+        scores train (their group's ``start_epoch``, `piggylab.train.learning_rate_schedule`):
+        before it the head trains alone (a head warm-up).
         """
         check_choice(method, METHODS, "method")
         info = self.check_task(task)
@@ -184,5 +186,5 @@ class PiggybackNet(MultiTaskNet):
         groups = [{"params": self.task_parameters(task, scores=False), "lr": lr}]
         if method == "piggyback":
             groups.append({"params": self.task_parameters(task, head=False, bn=False),
-                           "lr": lr if lr_scores is None else lr_scores})
+                           "lr": lr if lr_scores is None else lr_scores, "start_epoch": scores_from})
         return self, groups

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import bisect
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -73,8 +74,11 @@ class TrainConfig:
     how many consistent steps a weight needs to leave the mask (the constant init 1e-2 is
     5e-3 above tau). `bn_mode`: `frozen` keeps the backbone's BN, `task` trains the task's own
     BN copy (§5.3, created if the task has none), None follows the task's own setting.
-    `recalibrate_bn`: re-estimate trained batchnorm statistics before each validation and at
-    the end (module docstring). `freeze_at_end`: a piggyback task keeps only its mask afterwards.
+    `warmup_epochs`: epochs in which a piggyback task's head (and task BN) train alone before its
+    scores join, so that the first score updates follow the gradient of a trained head rather
+    than of a random one (the issue of short runs: data/README.md). `recalibrate_bn`: re-estimate
+    trained batchnorm statistics before each validation and at the end (module docstring).
+    `freeze_at_end`: a piggyback task keeps only its mask afterwards.
     `channels_last`: images and 4-d weights in channels-last memory order (`fit`), which the CPU
     and GPU convolution kernels run faster on (benchmarks/RESULTS.md); the values are the same.
     """
@@ -88,6 +92,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     decay_epochs: tuple[int, ...] = ()
     lr_decay: float = 0.1
+    warmup_epochs: int = 0
     device: str = "auto"
     seed: int = 0
     amp: bool = True
@@ -108,7 +113,12 @@ class TrainConfig:
             value = float(getattr(self, name))
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if isinstance(self.warmup_epochs, bool) or int(self.warmup_epochs) != self.warmup_epochs \
+                or not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be an integer from 0 to epochs - 1 ({self.epochs - 1}), "
+                             f"got {self.warmup_epochs!r}")
         self.epochs = int(self.epochs)
+        self.warmup_epochs = int(self.warmup_epochs)
         self.decay_epochs = tuple(int(e) for e in self.decay_epochs)
 
     @property
@@ -167,6 +177,19 @@ def autocast_for(device: torch.device, enabled: bool):
     if torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16), None
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, decay_epochs: Sequence[int],
+                           lr_decay: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Each group's learning rate times `lr_decay` at each epoch of `decay_epochs` (as
+    `MultiStepLR`), and 0 before the group's ``start_epoch`` (default 0): a group that joins
+    later, such as the scores after a head warm-up (`TrainConfig.warmup_epochs`)."""
+    milestones = sorted(decay_epochs)
+
+    def factor(start: int):
+        return lambda epoch: 0.0 if epoch < start else lr_decay ** bisect.bisect_right(milestones, epoch)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g.get("start_epoch", 0)) for g in optimizer.param_groups])
 
 
 def trained_batchnorms(model: nn.Module, groups: Iterable[dict]) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -330,7 +353,7 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.model = model
         optimizer = make_optimizer(cfg.optimizer_name, groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.decay_epochs), gamma=cfg.lr_decay)
+        scheduler = learning_rate_schedule(optimizer, cfg.decay_epochs, cfg.lr_decay)
         autocast, scaler = autocast_for(device, cfg.amp)
         batchnorms = trained_batchnorms(model, groups) if cfg.recalibrate_bn else []
         epoch_metrics = dict(epoch_metrics or {})
@@ -497,7 +520,7 @@ def fit_task(net: PiggybackNet, task: str, train_loader: Iterable, val_loader: I
     """
     config = config or TrainConfig()
     model, groups = net.training_groups(task, config.method, lr=config.lr, lr_scores=config.lr_scores,
-                                        bn_mode=config.bn_mode)
+                                        bn_mode=config.bn_mode, scores_from=config.warmup_epochs)
     trainer = Trainer(config, progress=progress)
     for event, fn in (callbacks or {}).items():
         trainer.add_callback(event, fn)

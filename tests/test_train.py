@@ -171,3 +171,21 @@ def test_optimizers_are_fused_where_pytorch_has_a_fused_kernel():
     assert torch.allclose(weight.detach(), before - 0.1)  # Adam's first step: lr * sign(grad)
     with pytest.raises(ValueError, match="adam, sgd"):
         pl.make_optimizer("lbfgs", [weight])
+
+
+def test_a_head_warm_up_keeps_the_scores_still_then_trains_them(backbone, loaders):
+    net = _net(backbone, "a")
+    start = {layer: masks.scores["a"].detach().clone() for layer, masks, _ in net.masked_weights()}
+    moved = []
+
+    def after_epoch(trainer, row):
+        moved.append(any(not torch.equal(start[layer], masks.scores["a"]) for layer, masks, _ in net.masked_weights()))
+
+    head = net.heads.heads["a"].weight.detach().clone()
+    pl.fit_task(net, "a", *loaders, pl.TrainConfig(epochs=2, warmup_epochs=1, lr_scores=1e-2, freeze_at_end=False),
+                progress=False, callbacks={"on_epoch_end": after_epoch})
+    assert moved == [False, True]  # the scores wait one epoch, then train
+    assert not torch.equal(head, net.heads.heads["a"].weight)
+    for bad in (2, -1, 1.5):
+        with pytest.raises(ValueError, match="warmup_epochs"):
+            pl.TrainConfig(epochs=2, warmup_epochs=bad)
