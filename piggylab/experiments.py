@@ -165,7 +165,9 @@ def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, task: str | None = 
     accuracy (test), val_accuracy, train_accuracy, sparsity (zeros in the final mask),
     first_third_sparsity and last_third_sparsity (`piggylab.analysis.depth_thirds`),
     initial_sparsity (before training), negated (ternary: -1 entries), storage_bytes
-    (piggyback: its task file; classifier: head and BN; finetune: a float32 network), train_s.
+    (piggyback: its task file; classifier: head and BN; finetune: a float32 network), train_s,
+    status: ``done``, or ``stopped`` when a callback ended the training early (`Trainer.stop`;
+    the row then measures what it trained, and the cache does not keep it).
     """
     task = task or data.name
     key = run_key(_spec_record(net, data, spec, batch_size)) if cache is not None else None
@@ -176,8 +178,9 @@ def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, task: str | None = 
         hit = cache.get(key)
         if hit is None:
             row, history = _train(net, data, spec, task, loaders, batch_size, callbacks, progress, checkpoint)
-            file = task_bytes(net, task) if spec.method != "finetune" else None
-            cache.put(key, _spec_record(net, data, spec, batch_size), row, history, file)
+            if row["status"] == "done":
+                file = task_bytes(net, task) if spec.method != "finetune" else None
+                cache.put(key, _spec_record(net, data, spec, batch_size), row, history, file)
             return RunResult(row, history, cached=False)
     if hit.task_file is not None:
         load_task(net, hit.task_file, task=task)
@@ -220,7 +223,8 @@ def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, task: str,
            "sparsity": overall_sparsity(net, task) if pig else 0.0, "initial_sparsity": initial_sparsity if pig else 0.0,
            "first_third_sparsity": first_third, "last_third_sparsity": last_third,
            "negated": sum(int((m < 0).sum()) for m in masks) / net.num_masked_weights if pig else 0.0,
-           "storage_bytes": storage, "train_s": round(seconds, 2)}
+           "storage_bytes": storage, "train_s": round(seconds, 2),
+           "status": "done" if int(history["step"].iloc[-1]) == config.epochs * len(train) else "stopped"}
     if finetune:
         net.remove_task(task)
     return row, history.assign(label=spec.name, task=data.name)

@@ -6,7 +6,8 @@ returns the history, one row per epoch, as a pandas DataFrame. It knows nothing 
 tasks or masks: which parameters a method trains is the network's to say
 (`PiggybackNet.training_groups`, PackNet's phases), as in minGPT, where the trainer trains
 whatever model it is handed. Callbacks: ``trainer.add_callback("on_step_end" |
-"on_epoch_end", fn)`` with ``fn(trainer, record)``.
+"on_epoch_end", fn)`` with ``fn(trainer, record)``. A callback, or another thread, may call
+``trainer.stop()``: the run then ends after the current step, its partial epoch recorded.
 
 Batchnorm layers that train (task-specific BN, §5.3, and fine-tuning) compute with batch
 statistics while they train and with their running statistics when evaluated. Those running
@@ -32,6 +33,7 @@ import hashlib
 import json
 import bisect
 import math
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -307,6 +309,14 @@ class Trainer:
     def __post_init__(self) -> None:
         self.model: nn.Module | None = None
         self.history: pd.DataFrame | None = None
+        self.stopped = False
+        """Whether the last `fit` ended early, at a `stop` request."""
+        self._stop_requested = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the running `fit` to end after the current step; safe from a callback or another
+        thread. A request made before `fit` starts is dropped (each `fit` starts afresh)."""
+        self._stop_requested.set()
 
     def add_callback(self, event: str, fn: Callable) -> None:
         check_choice(event, EVENTS, "event")
@@ -338,8 +348,14 @@ class Trainer:
         `backbone` (default: `model_fingerprint`) and the config's fields but `OUTSIDE_A_RUN`
         must be the same, or it is refused with the difference named. Callbacks see the epochs
         and steps this call trains, not those read back.
+
+        After a `stop` request the run ends once the current step is done: the epoch it was in
+        is recorded as its last row (trained on fewer batches, validated as any epoch, not
+        checkpointed: a resume starts it again) and `stopped` is set.
         """
         cfg = self.config
+        self._stop_requested.clear()
+        self.stopped = False
         device = resolve_device(cfg.device)
         describe = describe or run_name("training", model, task)
         for loader, which in ((train_loader, "train"), (val_loader, "validation")):
@@ -368,10 +384,16 @@ class Trainer:
                    disable=not self.progress, leave=False)
         try:
             for epoch in range(progress.epoch + 1, cfg.epochs + 1):
+                if epoch > progress.epoch + 1 and self._stop_requested.is_set():  # asked since the last step
+                    self.stopped = True
+                    break
                 model.train()
                 seen = correct = 0
                 loss_sum = 0.0
                 for batch in train_loader:
+                    if seen and self._stop_requested.is_set():  # after a step of this epoch: it ends here
+                        self.stopped = True
+                        break
                     x, y = images_and_labels(batch, describe)
                     if num_classes is None:  # the first batch: checked before anything changes
                         num_classes = output_classes(model, x, device, autocast, describe)
@@ -400,7 +422,7 @@ class Trainer:
                     bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
                     self._trigger("on_step_end", {"epoch": epoch, "step": step, "loss": batch_loss})
                 check_batch_count(seen, f"{describe}: the train loader")
-                if batchnorms and (val_loader is not None or epoch == cfg.epochs):
+                if batchnorms and (val_loader is not None or epoch == cfg.epochs or self.stopped):
                     recalibrate_batchnorm(model, batchnorms, train_loader, device=device, amp=cfg.amp)
                 row = {"epoch": epoch, "step": step, "loss": loss_sum / seen, "train_acc": correct / seen,
                        "val_acc": evaluate(model, val_loader, device=device, amp=cfg.amp,
@@ -410,7 +432,7 @@ class Trainer:
                 row.update({name: fn() for name, fn in epoch_metrics.items()})
                 scheduler.step()
                 rows.append(row)
-                if state is not None:
+                if state is not None and not self.stopped:
                     state.save(checkpoint, Progress(epoch, step, rows))
                 self._trigger("on_epoch_end", row)
         finally:

@@ -167,3 +167,15 @@ def test_accuracy_after_each(backbone):
 def test_task_name():
     assert experiments.task_name("greek", "task BN") == "greek-task_BN"
     assert experiments.task_name("greek", "tau 0.002") == "greek-tau_0_002"
+
+
+def test_a_run_a_callback_stops_says_so_and_is_not_cached(backbone, tmp_path, monkeypatch):
+    data = _Data()
+    monkeypatch.setattr(experiments, "make_loaders", lambda *a, **k: data.loaders)
+    cache = RunCache(tmp_path / "cache")
+    stop = {"on_step_end": lambda trainer, record: record["step"] == 2 and trainer.stop()}
+    stopped = experiments.run(pl.PiggybackNet(backbone), data, _spec("piggyback"), cache=cache, callbacks=stop)
+    assert stopped.row["status"] == "stopped" and stopped.row["steps"] == 2 and len(stopped.history) == 1
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # a partial run is never reused
+    done = experiments.run(pl.PiggybackNet(backbone), data, _spec("piggyback"), cache=cache)
+    assert not done.cached and done.row["status"] == "done" and done.row["steps"] == len(data.loaders[0])

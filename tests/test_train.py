@@ -189,3 +189,53 @@ def test_a_head_warm_up_keeps_the_scores_still_then_trains_them(backbone, loader
     for bad in (2, -1, 1.5):
         with pytest.raises(ValueError, match="warmup_epochs"):
             pl.TrainConfig(epochs=2, warmup_epochs=bad)
+
+
+def _stop_at(step: int):
+    """An on_step_end callback asking the trainer to stop once `step` is done."""
+    return lambda trainer, record: record["step"] == step and trainer.stop()
+
+
+def test_a_stop_ends_the_run_after_the_current_step_with_the_partial_epoch_recorded(backbone, loaders, tmp_path):
+    net = _net(backbone, "a")
+    steps, epochs = [], []
+    trainer = pl.Trainer(pl.TrainConfig(epochs=3, lr_scores=1e-2), progress=False)
+    trainer.add_callback("on_step_end", lambda t, r: steps.append(r["step"]))
+    trainer.add_callback("on_step_end", _stop_at(6))  # 4 batches an epoch: step 6 is the middle of epoch 2
+    trainer.add_callback("on_epoch_end", lambda t, r: epochs.append(r["epoch"]))
+    model, groups = net.training_groups("a", "piggyback", lr=1e-2, lr_scores=1e-2)
+    checkpoint = tmp_path / "a.ckpt"
+    history = trainer.fit(model, groups, *loaders, checkpoint=checkpoint)
+
+    assert trainer.stopped and steps == [1, 2, 3, 4, 5, 6] and epochs == [1, 2]
+    assert history["epoch"].tolist() == [1, 2] and history["step"].tolist() == [4, 6]
+    assert history["val_acc"].notna().all() and 0 < history["train_acc"].iloc[-1] <= 1
+    from piggylab.checkpoints import read_checkpoint
+    assert read_checkpoint(checkpoint)[1]["epoch"] == 1  # the partial epoch is not a resumable one
+
+    fresh = pl.Trainer(pl.TrainConfig(epochs=2, lr_scores=1e-2), progress=False)
+    fresh.stop()  # a request made before fit starts is dropped: each fit starts afresh
+    assert len(fresh.fit(model, groups, *loaders)) == 2 and not fresh.stopped
+
+
+def test_a_stop_at_an_epochs_last_step_keeps_that_epoch_whole(backbone, loaders):
+    net = _net(backbone, "a")
+    model, history = pl.fit_task(net, "a", *loaders, pl.TrainConfig(epochs=3), progress=False,
+                                 callbacks={"on_step_end": _stop_at(4)})
+    assert history["step"].tolist() == [4] and net.is_frozen("a")  # what it trained is frozen into its mask
+
+
+def test_a_stop_from_another_thread_ends_the_run(backbone, loaders):
+    import threading
+
+    net = _net(backbone, "a")
+    trainer = pl.Trainer(pl.TrainConfig(epochs=50), progress=False)
+    started = threading.Event()
+    trainer.add_callback("on_step_end", lambda t, r: started.set())
+    model, groups = net.training_groups("a", "piggyback", lr=1e-2, lr_scores=1e-2)
+    worker = threading.Thread(target=trainer.fit, args=(model, groups, *loaders))
+    worker.start()
+    assert started.wait(60)
+    trainer.stop()
+    worker.join(60)
+    assert not worker.is_alive() and trainer.stopped and len(trainer.history) < 50
