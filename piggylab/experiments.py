@@ -35,7 +35,7 @@ from .cache import RunCache, run_key
 from .checks import check_choice
 from .datasets import EMBEDDED_TASKS, PAPER_DATASETS, TaskData, make_loaders
 from .masked import MaskConfig
-from .piggyback import PiggybackNet
+from .piggyback import METHODS, PiggybackNet
 from .storage import load_task, task_bytes
 from .train import PAPER_BATCH_SIZE, TrainConfig, evaluate, fit_task, paper_recipe
 
@@ -44,12 +44,16 @@ if TYPE_CHECKING:
 
 RECIPES = ("embedded", "paper")
 
-EMBEDDED_RECIPES: dict[str, dict[str, Any]] = {
-    "piggyback": {"lr": 1e-2, "lr_scores": 1e-4},
-    "classifier": {"lr": 1e-2},
-    "finetune": {"lr": 1e-3, "optimizer": "adam"},
+EMBEDDED_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("classifier", "frozen"): {"lr": 1e-2},
+    ("piggyback", "frozen"): {"lr": 1e-2, "lr_scores": 1e-4},
+    ("piggyback", "task"): {"lr": 1e-2, "lr_scores": 5e-4},
+    ("finetune", "task"): {"lr": 1e-3, "optimizer": "adam"},
 }
-"""Learning rates per method on the embedded tasks, chosen on validation accuracy (data/README.md)."""
+"""The embedded recipe per (method, BN mode): learning rates (and a head warm-up) chosen on the
+validation splits of the embedded tasks, never on test (`scripts/choose_recipes.py`; the
+candidates and their validation accuracy are in data/recipes.csv). Fine-tuning trains every
+weight and its BN; a classifier-only task keeps the backbone's frozen BN unless asked."""
 
 EMBEDDED_DECAY_AT = 2 / 3
 """Embedded recipe: the learning rate drops x0.1 after this fraction of the epochs (the
@@ -71,22 +75,29 @@ TASKS = (*EMBEDDED_TASKS, *(n for n in PAPER_DATASETS if n not in EMBEDDED_TASKS
 """Task names a notebook accepts: the embedded targets, then the paper's datasets (with `data_root`)."""
 
 
-def train_config(method: str = "piggyback", recipe: str = "embedded", *, epochs: int | None = None,
-                 **overrides: Any) -> TrainConfig:
-    """The `TrainConfig` of `method` under a named recipe, with `epochs` and any field overridden.
+def train_config(method: str = "piggyback", recipe: str = "embedded", *, bn_mode: str | None = None,
+                 epochs: int | None = None, **overrides: Any) -> TrainConfig:
+    """The `TrainConfig` of `method` (with batchnorm `bn_mode`) under a named recipe, with `epochs`
+    and any field overridden.
 
-    `embedded`: `EMBEDDED_RECIPES`, lr x0.1 after 2/3 of the epochs. `paper`: the paper's
-    hyper-parameters (`paper_recipe`), lr x0.1 halfway. A given `epochs` moves the decay with it.
+    `embedded`: `EMBEDDED_RECIPES` for (method, BN mode; fine-tuning always trains its BN, a
+    classifier or piggyback task without a mode keeps the frozen one), lr x0.1 after 2/3 of the
+    epochs. `paper`: the paper's hyper-parameters (`paper_recipe`), lr x0.1 halfway. A given
+    `epochs` moves the decay with it; a head warm-up longer than a short run is dropped.
     """
     check_choice(recipe, RECIPES, "recipe")
+    check_choice(method, METHODS, "method")
     epochs = epochs or RECIPE_EPOCHS[recipe]
     if recipe == "paper":
         base, fraction = paper_recipe(method), 0.5
     else:
-        check_choice(method, EMBEDDED_RECIPES, "method")
-        base, fraction = TrainConfig(method, **EMBEDDED_RECIPES[method]), EMBEDDED_DECAY_AT
+        mode = "task" if method == "finetune" else bn_mode or "frozen"
+        key = (method, mode) if (method, mode) in EMBEDDED_RECIPES else (method, "frozen")
+        base, fraction = TrainConfig(method, **EMBEDDED_RECIPES[key]), EMBEDDED_DECAY_AT
     decay = (round(epochs * fraction),) if epochs >= 3 else ()
-    return replace(base, epochs=epochs, decay_epochs=decay, **overrides)
+    warmup = base.warmup_epochs if base.warmup_epochs < epochs else 0
+    return replace(base, epochs=epochs, decay_epochs=decay, warmup_epochs=warmup,
+                   bn_mode=None if method == "finetune" else bn_mode, **overrides)
 
 
 def resolve_sizes(recipe: str, *, smoke: bool, data_scale: float | None, epochs: int | None, batch_size: int | None,

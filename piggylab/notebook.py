@@ -276,11 +276,11 @@ class Lab:
 
     def spec(self, method: str, *, label: str | None = None, mask: MaskConfig | None = None,
              bn_mode: str | None = None, **overrides: Any) -> RunSpec:
-        """A `RunSpec` of `method` by the recipe (`config`), with its mask and BN mode."""
-        if bn_mode is None and method == "piggyback":
+        """A `RunSpec` of `method` by the recipe (`config`), with its mask and BN mode (piggyback
+        and classifier-only: the backbone's frozen BN unless `bn_mode` is ``task``)."""
+        if bn_mode is None and method != "finetune":
             bn_mode = "frozen"
-        config = self.config(method, bn_mode=None if method == "finetune" else bn_mode, **overrides)
-        return RunSpec(config, mask or MaskConfig(), label)
+        return RunSpec(self.config(method, bn_mode=bn_mode, **overrides), mask or MaskConfig(), label)
 
     def run(self, net: PiggybackNet, data: TaskData, spec: RunSpec, **options: Any) -> RunResult:
         """`piggylab.experiments.run` with the notebook's batch size and the batch's cache."""

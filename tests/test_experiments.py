@@ -32,8 +32,13 @@ def _spec(method: str, **overrides) -> experiments.RunSpec:
 def test_train_config_recipes():
     embedded = experiments.train_config("piggyback", epochs=6, device="cpu")
     assert embedded.epochs == 6 and embedded.decay_epochs == (4,)
-    assert embedded.lr_scores == experiments.EMBEDDED_RECIPES["piggyback"]["lr_scores"]
-    assert experiments.train_config("finetune").optimizer_name == experiments.EMBEDDED_RECIPES["finetune"]["optimizer"]
+    recipes = experiments.EMBEDDED_RECIPES
+    assert embedded.lr_scores == recipes[("piggyback", "frozen")]["lr_scores"] and embedded.bn_mode is None
+    task_bn = experiments.train_config("piggyback", bn_mode="task")
+    assert task_bn.lr_scores == recipes[("piggyback", "task")]["lr_scores"] and task_bn.bn_mode == "task"
+    assert experiments.train_config("finetune").optimizer_name == recipes[("finetune", "task")]["optimizer"]
+    assert experiments.train_config("classifier", bn_mode="task").lr == recipes[("classifier", "frozen")]["lr"]
+    assert experiments.train_config("piggyback", epochs=1).warmup_epochs == 0  # no warm-up longer than the run
     paper = experiments.train_config("piggyback", "paper")
     assert (paper.epochs, paper.decay_epochs, paper.lr) == (30, (15,), 1e-4)
     assert experiments.train_config("classifier", epochs=1).decay_epochs == ()
