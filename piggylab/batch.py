@@ -25,7 +25,9 @@ writes into ``output_dir`` (``metrics.json``, CSV tables, HTML figures), ``run.j
 how long, how it ended) and, for a failed run, ``error.txt``. A run whose ``metrics.json``
 exists is done and skipped, so rerunning an interrupted batch only runs what is missing; a
 failed run never keeps a ``metrics.json`` (it is renamed ``metrics.failed.json``), so it is
-retried. Runs execute on a Dask ``LocalCluster`` (one notebook per worker process) or on a
+retried. ``OUTPUT/batch.json`` lists every run a batch on this folder has held, so batches of
+the same grid with other parameters (``--set seed=1``) add up in one folder, one report and
+one claims table. Runs execute on a Dask ``LocalCluster`` (one notebook per worker process) or on a
 running cluster given by its scheduler address, which must share this file system.
 
 One batch per output folder: a batch holds ``OUTPUT/batch.lock`` (`batch_lock`, an OS file
@@ -533,8 +535,10 @@ def _run_grid(grid: Grid, scheduler: str, workers: int, progress: bool, report: 
     """`run_batch`'s work, done while it holds the output folder."""
     from distributed import as_completed
 
-    write_json(grid.output / "batch.json", {"name": grid.name, "description": grid.description,
-                                             "runs": [r.run_id for r in grid.runs], "updated": _now()})
+    earlier = json.loads((grid.output / "batch.json").read_text()).get("runs", []) \
+        if (grid.output / "batch.json").exists() else []
+    write_json(grid.output / "batch.json", {"name": grid.name, "description": grid.description, "updated": _now(),
+                                             "runs": list(dict.fromkeys([*earlier, *(r.run_id for r in grid.runs)]))})
     outcomes = {r.run_id: RunOutcome(r.run_id, r.notebook, "skipped") for r in grid.runs if r.done}
     pending = [r for r in grid.runs if not r.done]
     log(f"{len(grid.runs)} runs in {grid.name}: {len(outcomes)} already done, {len(pending)} to run -> {grid.output}")

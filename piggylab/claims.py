@@ -408,16 +408,18 @@ def text_table(claims: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_claims(run_dir: str | Path) -> tuple[str, Path]:
-    """Evaluate every claim on the batch in `run_dir` (its runs' metrics.json, `piggylab.report.collect`),
-    write ``claims.csv`` there and return ``(text table, path)``."""
+def write_claims(run_dir: str | Path, seed: int | None = None) -> tuple[str, Path]:
+    """Evaluate every claim on the batch in `run_dir` (its runs' metrics.json, `piggylab.report.collect`;
+    only `seed`'s runs if given), write ``claims.csv`` (``claims-seedN.csv``) there and return
+    ``(text table, path)``."""
     from .report import collect
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no batch output folder at {run_dir}")
-    claims = evaluate(collect(run_dir).results)
-    path = atomic_write_text(run_dir / "claims.csv", claims.to_csv(index=False))
+    claims = evaluate(collect(run_dir).results, seed=seed)
+    name = "claims.csv" if seed is None else f"claims-seed{seed}.csv"
+    path = atomic_write_text(run_dir / name, claims.to_csv(index=False))
     return text_table(claims), path
 
 

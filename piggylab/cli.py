@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Read RUN_DIR's results (results.csv, or its runs' metrics.json), "
                                  "print the claims table and write RUN_DIR/claims.csv. Always exits 0.")
     claims.add_argument("output", metavar="RUN_DIR", help="a batch's output folder (the grid's 'output')")
+    claims.add_argument("--seed", type=int, metavar="N", help="only the runs of this seed (default: all, mean ± std)")
     return parser
 
 
@@ -98,7 +99,7 @@ def _claims(args: argparse.Namespace) -> int:
     from .claims import write_claims
 
     try:
-        table, path = write_claims(args.output)
+        table, path = write_claims(args.output, seed=args.seed)
     except FileNotFoundError as exc:
         print(f"piggylab claims: {exc}", file=sys.stderr)
         return 0
