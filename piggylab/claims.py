@@ -423,25 +423,28 @@ def write_claims(run_dir: str | Path, seed: int | None = None) -> tuple[str, Pat
     return text_table(claims), path
 
 
-def markdown(claims: pd.DataFrame) -> str:
-    """The claims table as Markdown."""
-    lines = ["| claim | paper | measured | shown |", "|---|---|---|---|"]
-    lines += [f"| {r.claim} | {r.paper} | {r.measured} | {r.shown} |" for r in claims.itertuples()]
+def markdown(frame: pd.DataFrame) -> str:
+    """A table as Markdown (the claims table, a results table); a named index becomes the first column."""
+    if frame.index.name is not None:
+        frame = frame.reset_index()
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 
 
-def results_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Test accuracy (%) per task and standard method, mean ± std over seeds, with the mean over tasks
-    (data/README's results table)."""
+def results_table(results: pd.DataFrame, value: str = "accuracy", kinds: Sequence[str] | None = None) -> pd.DataFrame:
+    """`value` (a fraction, shown in %) per task and standard run kind, mean ± std over seeds, with the
+    mean over the tasks: data/README's results table (`kinds` default: classifier, piggyback with
+    frozen, task and chosen BN, fine-tuning)."""
     s = pd.concat([standard(results), chosen_piggyback(results)], ignore_index=True)
-    kinds = ["classifier", "piggyback", "piggyback + task BN", "piggyback (chosen)", "finetune"]
+    kinds = kinds or ["classifier", "piggyback", "piggyback + task BN", "piggyback (chosen)", "finetune"]
     out = {}
     for kind in kinds:
         part = s[s["kind"] == kind]
         if part.empty:
             continue
-        out[kind] = {t: _seeds(part[part["task"] == t]["accuracy"]) for t in dict.fromkeys(part["task"])}
-        out[kind]["mean"] = _seeds(part.groupby("seed")["accuracy"].mean())
+        out[kind] = {t: _seeds(part[part["task"] == t][value]) for t in dict.fromkeys(part["task"])}
+        out[kind]["mean"] = _seeds(part.groupby("seed")[value].mean())
     frame = pd.DataFrame(out)
     order = [t for t in EMBEDDED_TASKS if t in frame.index] + [t for t in frame.index if t not in EMBEDDED_TASKS]
-    return frame.reindex(order)
+    return frame.reindex(order).rename_axis("task")
