@@ -158,15 +158,25 @@ def pretraining(info: Mapping[str, Any], checkpoints: pd.DataFrame, checkpoint: 
 
 
 def explorer(runs: pd.DataFrame, layers: Mapping[int, pd.DataFrame]) -> list[str]:
-    """The explorer's runs (notebook 07): the best run, and where the last piggyback mask changed."""
-    if runs.empty:
+    """The explorer's runs (notebook 07): the best finished run, where the last piggyback mask
+    changed, and each sweep's best cell. Stopped and failed runs are counted, not compared."""
+    done = runs[runs["status"] == "done"]
+    if done.empty:
         return ["No run finished yet."]
-    best = runs.loc[runs["accuracy"].idxmax()]
-    lines = [f"{len(runs)} run(s); the most accurate was #{best['run']} ({best['method']} on {best['task']}), "
-             f"{best['accuracy']:.1%} test accuracy."]
-    piggyback = runs[runs["method"] == "piggyback"]
+    best = done.loc[done["accuracy"].idxmax()]
+    ended = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items() if status != "done")
+    lines = [f"{len(done)} finished run(s){f' ({ended} not compared)' if ended else ''}; the most accurate was "
+             f"#{best['run']} ({best['method']} on {best['task']}), {best['accuracy']:.1%} test accuracy."]
+    piggyback = done[done["method"] == "piggyback"]
     if len(piggyback):
         last = piggyback.iloc[-1]
         lines += [f"Run #{last['run']} switched off {last['sparsity']:.2%} of the masked weights."]
-        lines += depth(layers[last["run"]])
+        if last["run"] in layers:
+            lines += depth(layers[last["run"]])
+    for number, cells in done.dropna(subset=["sweep"]).groupby("sweep"):
+        top = cells.loc[cells["val_accuracy"].idxmax()]
+        lines.append(f"Sweep #{int(number)} ({len(cells)} finished runs): validation accuracy from "
+                     f"{cells['val_accuracy'].min():.1%} to {cells['val_accuracy'].max():.1%}, best at "
+                     f"{top['sweep_values']}; mask sparsity from {cells['sparsity'].min():.2%} to "
+                     f"{cells['sparsity'].max():.2%}.")
     return lines

@@ -1,38 +1,56 @@
-"""The explorer of notebook 07: an ipywidgets UI to train one task at a time and watch it learn.
+"""The explorer of notebook 07: widgets to train tasks in the background, sweep up to two knobs
+and look at the masks, with every run kept on disk.
 
 What it is
 ----------
 `Explorer` puts the choices of a Piggyback run on widgets (task, method, mask kind, score
-init, init scale, threshold, learning rates, epochs, BN mode), trains on a button press, and
-shows, all in one `ipywidgets.VBox` (`Explorer.widget`):
+init, init scale, threshold, learning rates, epochs, BN mode) and shows, in one
+`ipywidgets.VBox` (`Explorer.widget`):
 
-- a status line (what is training, then the test accuracy, or the error of a failed run);
-- a live training curve, a plotly ``FigureWidget`` (`Explorer.curve`): loss per step and
-  validation accuracy per epoch, one pair of traces per run, so runs can be compared;
-- the per-layer mask sparsity of the latest run as bars (`Explorer.sparsity_figure`);
-- the table of every run made since the explorer was created (`Explorer.runs`).
+- **Train**, **Stop** and a status line (what is training, then how the run ended, or the
+  error of a failed run);
+- **Sweep**: up to two knobs (`KNOBS`, e.g. ``lr_scores`` x ``threshold``) and their values;
+  the grid is trained one run after another, and two heatmaps, validation accuracy and mask
+  sparsity, fill in cell by cell (`Explorer.sweep_figure`);
+- a live training curve (`Explorer.curve`): loss per step and validation accuracy per epoch,
+  one pair of traces per run;
+- the per-layer mask sparsity of the latest run (`Explorer.sparsity_figure`);
+- the mask itself (`Explorer.mask_figure`): for a chosen run and layer, which weights are off,
+  a conv layer's filters as rows; and how each layer's sparsity grew epoch by epoch
+  (`Explorer.growth_figure`: a line per layer, or per group of layers in deep networks);
+- the runs table (`Explorer.runs`), with each run's status: ``done``, ``stopped`` (by Stop,
+  with what it trained so far) or ``failed`` (with its error).
 
-Every run adds a fresh task (``<task>-<run number>``) to one shared `PiggybackNet`, so the
-backbone is loaded once per kernel (`default_backbone` is cached) and runs never interfere:
-the backbone is frozen and each run has its own mask and head. Datasets are cached by
-`piggylab.datasets` itself. Everything is driven from Python too: ``explorer.set(task=...,
-epochs=1)`` then ``explorer.train()`` is exactly what a click does, which is how the tests and
-the notebook use it headlessly.
+Every run is ``piggylab.experiments.run`` (the notebooks' run function) adding a fresh task
+(``<task>-<run number>``) to one shared `PiggybackNet`, so the backbone is loaded once per
+kernel (`default_backbone`) and runs never interfere: the backbone is frozen and each run has
+its own mask and head. Everything is driven from Python too: ``explorer.set(epochs=1)`` then
+``explorer.train()`` is what a click on Train does (and waits for it), ``explorer.sweep(...)``
+what Sweep does; the tests and the notebook use them headlessly.
 
-How the live curve works
-------------------------
-Training runs synchronously in the kernel, inside the button's callback (no thread). The
-trainer's ``on_step_end``/``on_epoch_end`` callbacks append to the run's traces; every
-`refresh_s` seconds (and at each epoch end and at the end of the run) the traces are sent
-to the front end. Messages from the kernel to the browser travel on the IOPub channel while
-the callback runs, so the figure and the status line update live; only messages from the
-browser to the kernel (other clicks, widget edits) wait until the run is over, which is why
-the Train button is disabled meanwhile.
+In the background
+-----------------
+A click starts a worker thread and returns at once, so the kernel stays free: other cells run
+and Stop is heard while a run trains. The worker updates the widgets and figures itself
+(ipywidgets and plotly's ``FigureWidget`` send their changes as comm messages, which a thread
+may do in ipykernel >= 6), at most every `refresh_s` seconds and at each epoch's end. Stop asks
+the trainer to end after the current step (`piggylab.train.Trainer.stop`); the run is recorded
+as ``stopped`` and a sweep ends with it. Only one job (a run or a sweep) trains at a time:
+Train and Sweep are disabled meanwhile, and starting another from Python raises `ExplorerBusy`.
+
+On disk
+-------
+With a `folder`, the runs table (``runs.csv``), each run's per-layer sparsity (``layers.csv``)
+and its growth epoch by epoch (``growth.csv``) are rewritten after every run, and each sweep's
+cells as ``sweep-<n>.csv``, all atomically (`piggylab.io`). An explorer created on the same
+folder, after a kernel restart for example, shows those runs again and numbers new ones after
+them. The masks themselves stay in memory: a restored run shows its sparsity and growth, not
+its mask. Two explorers writing to one folder at the same time would overwrite each other.
 
 What it is not
 --------------
-Not a training library (it calls `Trainer`), not asynchronous (the kernel is busy while a run
-trains), and not a place to store results: the notebook writes them with `piggylab.runs`.
+Not a training library (it calls `piggylab.experiments.run`), not a queue (one job at a
+time), and not the notebooks' result writer (`piggylab.notebook.Lab` writes those).
 """
 
 from __future__ import annotations
@@ -40,14 +58,19 @@ from __future__ import annotations
 import functools
 import html
 import itertools
+import math
+import re
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -56,29 +79,66 @@ from torch import nn
 
 from .analysis import SPARSITY_COLUMNS, layer_sparsity
 from .backbones import TINY_CHECKPOINT, load_backbone
-from .datasets import EMBEDDED_TASKS, load_data, make_loaders
+from .datasets import EMBEDDED_TASKS, TaskData, load_data, make_loaders
+from .experiments import RunSpec, run, train_config
+from .io import atomic_write_bytes
 from .masked import DEFAULT_SCALE, DEFAULT_THRESHOLD, INIT_SCHEMES, MASK_KINDS, MaskConfig
 from .piggyback import BN_MODES, METHODS, PiggybackNet
-from .train import TrainConfig, Trainer, evaluate, fit_task, resolve_device
+from .train import Trainer, resolve_device
 
-__all__ = ["CSS_CLASSES", "RUN_COLUMNS", "Explorer", "RunSettings", "default_backbone"]
+__all__ = ["CSS_CLASSES", "KNOBS", "RUN_COLUMNS", "Explorer", "ExplorerBusy", "RunSettings", "Sweep",
+           "default_backbone", "is_sweep", "recipe_rates"]
 
 CSS_CLASSES: dict[str, str] = {
     "task": "piggylab-task", "method": "piggylab-method", "mask_kind": "piggylab-mask-kind",
     "init": "piggylab-init", "scale": "piggylab-scale", "threshold": "piggylab-threshold",
     "lr": "piggylab-lr", "lr_scores": "piggylab-lr-scores", "epochs": "piggylab-epochs",
-    "bn_mode": "piggylab-bn-mode", "train": "piggylab-train", "status": "piggylab-status",
-    "curve": "piggylab-curve", "sparsity": "piggylab-sparsity", "runs": "piggylab-runs",
-    "explorer": "piggylab-explorer",
+    "bn_mode": "piggylab-bn-mode", "train": "piggylab-train", "stop": "piggylab-stop", "status": "piggylab-status",
+    "knob_1": "piggylab-knob-1", "values_1": "piggylab-values-1", "knob_2": "piggylab-knob-2",
+    "values_2": "piggylab-values-2", "sweep": "piggylab-sweep", "sweep_figure": "piggylab-sweep-figure",
+    "curve": "piggylab-curve", "sparsity": "piggylab-sparsity", "mask_run": "piggylab-mask-run",
+    "mask_layer": "piggylab-mask-layer", "mask": "piggylab-mask", "growth": "piggylab-growth",
+    "runs": "piggylab-runs", "explorer": "piggylab-explorer",
 }
-"""CSS class of each part of the explorer, for browser tests (the control's name -> class)."""
+"""CSS class of each part of the explorer, for browser tests (the part's name -> class)."""
 
 MASK_SETTINGS = ("mask_kind", "init", "scale", "threshold", "lr_scores")
 """Settings that only piggyback uses: the other methods train with the mask all ones."""
 
-RUN_COLUMNS = ["run", "task", "method", "mask_kind", "init", "scale", "threshold", "lr", "lr_scores", "epochs",
-               "bn_mode", "accuracy", "val_accuracy", "sparsity", "wall_time_s"]
-"""Columns of `Explorer.runs`; settings a method does not use are left empty (NaN/None)."""
+KNOBS: dict[str, str] = {"lr": "LR head", "lr_scores": "LR scores", "threshold": "threshold τ",
+                         "scale": "init scale", "epochs": "epochs"}
+"""The settings a sweep can vary (a `RunSettings` field -> its name on screen)."""
+
+MAX_KNOBS = 2
+"""A sweep varies one knob or two (a heatmap's two axes)."""
+
+RUN_COLUMNS = ["run", "sweep", "sweep_values", "status", "task", "method", "mask_kind", "init", "init_scale",
+               "threshold", "lr", "lr_scores", "epochs", "bn_mode", "steps", "val_accuracy", "accuracy", "sparsity",
+               "train_s", "error"]
+"""The first columns of `Explorer.runs` (the rest are `piggylab.experiments.run`'s row); settings a
+method does not use are left empty. ``sweep``: the sweep a run belongs to (empty for a single run),
+``sweep_values`` its cell (``lr_scores=0.001, threshold=0.005``)."""
+
+SHOWN_COLUMNS = ["run", "sweep", "status", "task", "method", "mask_kind", "init", "init_scale", "threshold", "lr",
+                 "lr_scores", "epochs", "bn_mode", "steps", "val_accuracy", "accuracy", "sparsity", "train_s", "error"]
+"""The runs table's columns on screen."""
+
+LAYER_COLUMNS = ["run", *SPARSITY_COLUMNS]
+GROWTH_COLUMNS = ["run", "epoch", "step", *SPARSITY_COLUMNS]
+"""`Explorer.growth`: each layer's sparsity at each epoch's end (``epoch``: a fraction for a stopped
+run's last, partial epoch)."""
+
+RUNS_FILE, LAYERS_FILE, GROWTH_FILE = "runs.csv", "layers.csv", "growth.csv"
+
+MAX_MASK_CELLS = 150_000
+"""At most this many mask entries are drawn (the first filters of a larger layer)."""
+
+MAX_GROWTH_LINES = 12
+"""The growth chart draws a line per layer up to this many layers, else per group of layers."""
+
+
+class ExplorerBusy(RuntimeError):
+    """A run or a sweep is training; only one trains at a time."""
 
 
 @functools.cache
@@ -95,9 +155,21 @@ def default_backbone() -> tuple[nn.Module, str]:
     return load_backbone("tiny", weights=None), note
 
 
+# -- what one run trains --------------------------------------------------------------------
+
+def recipe_rates(method: str, bn_mode: str) -> dict[str, float]:
+    """The learning rates (``lr``, ``lr_scores``) of the lab's embedded recipe for `method` in `bn_mode`."""
+    config = train_config(method, "embedded", bn_mode=None if method == "finetune" else bn_mode)
+    return {"lr": config.lr, "lr_scores": config.lr_scores}
+
+
 @dataclass(frozen=True)
 class RunSettings:
-    """What one press of Train runs: the explorer's controls, read at the moment of the press."""
+    """What one run trains: the explorer's controls, read when Train (or Sweep) is pressed.
+
+    The learning rates default to the lab's embedded recipe for piggyback (`recipe_rates`);
+    choosing a method or a BN mode on the widgets sets its recipe's.
+    """
 
     task: str
     method: str = "piggyback"
@@ -105,8 +177,8 @@ class RunSettings:
     init: str = "constant"
     scale: float = DEFAULT_SCALE["constant"]
     threshold: float = DEFAULT_THRESHOLD
-    lr: float = 1e-3
-    lr_scores: float = 1e-3
+    lr: float = train_config("piggyback", "embedded").lr
+    lr_scores: float = train_config("piggyback", "embedded").lr_scores
     epochs: int = 3
     bn_mode: str = "frozen"
 
@@ -116,16 +188,20 @@ class RunSettings:
             return MaskConfig()
         return MaskConfig(kind=self.mask_kind, threshold=self.threshold, init=self.init, scale=self.scale)
 
-    def train_config(self, device: str, seed: int) -> TrainConfig:
-        """The trainer's configuration (fine-tuning always trains BN, so it gets no `bn_mode`)."""
-        return TrainConfig(self.method, epochs=self.epochs, lr=self.lr, lr_scores=self.lr_scores, device=device,
-                           seed=seed, bn_mode=None if self.method == "finetune" else self.bn_mode)
+    def spec(self, device: str, seed: int, label: str) -> RunSpec:
+        """The run as `piggylab.experiments.run` takes it: the embedded recipe of the method with
+        these learning rates and epochs (fine-tuning always trains BN, so it gets no `bn_mode`).
+        Raises ValueError naming a bad setting."""
+        config = train_config(self.method, "embedded", epochs=self.epochs, lr=self.lr, lr_scores=self.lr_scores,
+                              device=device, seed=seed, bn_mode=None if self.method == "finetune" else self.bn_mode)
+        return RunSpec(config, self.mask_config(), label)
 
-    def used(self) -> dict[str, Any]:
-        """The settings as a row, with those the method does not use set to None."""
-        row = asdict(self)
+    def row(self) -> dict[str, Any]:
+        """The settings as the runs table has them, those the method does not use set to None."""
+        row = {name: value for name, value in asdict(self).items() if name != "scale"}
+        row["init_scale"] = self.scale
         if self.method != "piggyback":
-            row.update(dict.fromkeys(MASK_SETTINGS))
+            row.update(dict.fromkeys(["mask_kind", "init", "init_scale", "threshold", "lr_scores"]))
         if self.method == "finetune":  # fine-tuning trains every weight and the BN (the paper's baseline)
             row["bn_mode"] = None
         return row
@@ -135,29 +211,143 @@ class RunSettings:
         return f"{self.task} ({self.method}{mask})"
 
 
+# -- sweeps ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sweep:
+    """Up to `MAX_KNOBS` knobs (`KNOBS`) and their values: the grid of runs a sweep trains.
+
+    >>> Sweep.parse({"lr_scores": "1e-4, 1e-3", "threshold": [5e-3, 8e-3]}).size
+    4
+
+    The first knob runs along the heatmaps' x axis, the second along their y axis.
+    """
+
+    knobs: tuple[tuple[str, tuple[float, ...]], ...]
+
+    @classmethod
+    def parse(cls, knobs: Mapping[str, str | Sequence[float]]) -> Sweep:
+        """A sweep from ``{knob: values}``, the values numbers or a text of numbers separated by
+        commas or spaces. Raises ValueError naming what is wrong and what is allowed."""
+        if not knobs:
+            raise ValueError(f"choose a knob to sweep (one of {', '.join(KNOBS)}) and give its values")
+        if len(knobs) > MAX_KNOBS:
+            raise ValueError(f"a sweep varies at most {MAX_KNOBS} knobs; got {len(knobs)}: {', '.join(knobs)}")
+        return cls(tuple((name, _knob_values(name, values)) for name, values in knobs.items()))
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.knobs]
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(values) for _, values in self.knobs)
+
+    def axes(self) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
+        """The values along x (the first knob) and along y (the second; None for one knob)."""
+        return self.knobs[0][1], self.knobs[1][1] if len(self.knobs) > 1 else None
+
+    def cells(self, base: RunSettings) -> list[tuple[tuple[int, int], dict[str, float], RunSettings]]:
+        """The grid, row by row: ((x index, y index), the knobs' values, `base` with them)."""
+        xs, ys = self.axes()
+        cells = []
+        for j, y in enumerate(ys or (None,)):
+            for i, x in enumerate(xs):
+                values = dict(zip(self.names, (x, y) if ys else (x,)))
+                cells.append(((i, j), values, replace(base, **values)))
+        return cells
+
+    def describe(self) -> str:
+        return " × ".join(f"{name} ({len(values)})" for name, values in self.knobs)
+
+
+def is_sweep(value: Any) -> bool:
+    """a dict of at most two knobs (lr, lr_scores, threshold, scale, epochs), each with a list of numbers"""
+    if not isinstance(value, Mapping):
+        return False
+    try:
+        Sweep.parse(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _knob_values(name: str, values: str | Sequence[float]) -> tuple[float, ...]:
+    if name not in KNOBS:
+        raise ValueError(f"unknown knob {name!r}; a sweep can vary {', '.join(KNOBS)}")
+    tokens = [t for t in re.split(r"[,;\s]+", values) if t] if isinstance(values, str) else list(values)
+    if not tokens:
+        raise ValueError(f"give at least one value for knob {name!r} (e.g. 1e-4, 1e-3)")
+    numbers = []
+    for token in tokens:
+        try:
+            if isinstance(token, bool):
+                raise TypeError
+            number = float(token)
+        except (TypeError, ValueError):
+            raise ValueError(f"sweep values of {name!r} must be numbers, got {token!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"sweep values of {name!r} must be finite numbers, got {token!r}")
+        if name == "epochs":
+            if number != int(number) or number < 1:
+                raise ValueError(f"sweep values of 'epochs' must be whole numbers >= 1, got {token!r}")
+            number = int(number)
+        numbers.append(number)
+    repeated = sorted({v for v in numbers if numbers.count(v) > 1})
+    if repeated:
+        raise ValueError(f"sweep values of {name!r} repeat {', '.join(map(_number, repeated))}; give each once")
+    return tuple(numbers)
+
+
+def _number(value: float) -> str:
+    return format(value, "g")
+
+
+def _cell_text(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{name}={_number(value)}" for name, value in values.items())
+
+
+# -- the live run ---------------------------------------------------------------------------
+
+@dataclass
+class _Job:
+    """What the worker thread is doing: a run or a sweep, and the request to stop it."""
+
+    what: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+
 @dataclass
 class _LiveRun:
     """The run being trained: its points so far and where they are drawn."""
 
+    number: int
+    task: str
     settings: RunSettings
     steps_per_epoch: int
     loss_trace: Any
     acc_trace: Any
+    prefix: str = ""
+    epoch: int = 1
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
-    epochs: list[int] = field(default_factory=list)
+    epochs: list[float] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
+    growth: list[dict[str, Any]] = field(default_factory=list)
     last_draw: float = 0.0
 
-    def progress(self) -> str:
-        epoch = min(len(self.epochs) + 1, self.settings.epochs)
-        text = (f"training {html.escape(self.settings.label())}: epoch {epoch}/{self.settings.epochs}, "
-                f"step {len(self.steps)}/{self.steps_per_epoch * self.settings.epochs}")
+    def progress(self, stopping: bool) -> str:
+        total = self.steps_per_epoch * self.settings.epochs
+        text = (f"{self.prefix}training #{self.number} {html.escape(self.settings.label())}: epoch "
+                f"{self.epoch}/{self.settings.epochs}, step {len(self.steps)}/{total}")
         if self.losses:
             text += f", loss {self.losses[-1]:.3f}"
         if self.accuracies:
             text += f", val accuracy {self.accuracies[-1]:.1%}"
-        return text
+        return text + (" (stopping after this step…)" if stopping else "")
 
 
 def _controls() -> dict[str, widgets.ValueWidget]:
@@ -182,23 +372,38 @@ def _controls() -> dict[str, widgets.ValueWidget]:
     }
 
 
-class Explorer:
-    """Widgets to train tasks of one shared `PiggybackNet` and compare the runs; see the module docstring.
+def _sweep_controls() -> dict[str, widgets.ValueWidget]:
+    """Two (knob, values) pairs; a knob left at "—" is not swept."""
+    options = [("—", ""), *((label, name) for name, label in KNOBS.items())]
+    style = {"description_width": "60px"}
+    controls: dict[str, widgets.ValueWidget] = {}
+    for i in (1, 2):
+        controls[f"knob_{i}"] = widgets.Dropdown(options=options, value="", description=f"Knob {i}", style=style,
+                                                 layout={"width": "200px"})
+        controls[f"values_{i}"] = widgets.Text(placeholder="values, e.g. 1e-4, 1e-3", layout={"width": "260px"})
+    return controls
 
-    >>> explorer = Explorer(scale=0.1)
+
+class Explorer:
+    """Widgets to train tasks of one shared `PiggybackNet` in the background, sweep settings and
+    compare the runs; see the module docstring.
+
+    >>> explorer = Explorer(folder="runs/explorer", scale=0.1)
     >>> explorer                      # in a notebook: shows the UI
     >>> explorer.set(task="greek", mask_kind="ternary", epochs=1)
-    >>> explorer.train()              # what the Train button does
+    >>> explorer.train()              # what the Train button does, waiting for the run
+    >>> explorer.sweep({"lr_scores": [1e-4, 1e-3], "threshold": [5e-3, 1e-2]})
     >>> explorer.runs                 # one row per run
 
     `backbone`: a classifier to mask (its last Linear layer is replaced by the task heads);
-    None for the lab's tiny backbone (`default_backbone`). `scale` sizes the embedded datasets
-    (1.0: their default sizes). `refresh_s`: at most how often the live curve is redrawn.
+    None for the lab's tiny backbone (`default_backbone`). `folder`: where the runs are kept
+    (None: nowhere). `scale` sizes the embedded datasets (1.0: their default sizes).
+    `refresh_s`: at most how often the live curve and the status line are redrawn.
     """
 
-    def __init__(self, backbone: nn.Module | None = None, *, tasks: Sequence[str] = EMBEDDED_TASKS,
-                 scale: float = 1.0, batch_size: int = 64, device: str = "auto", seed: int = 0,
-                 refresh_s: float = 0.25) -> None:
+    def __init__(self, backbone: nn.Module | None = None, *, folder: str | Path | None = None,
+                 tasks: Sequence[str] = EMBEDDED_TASKS, scale: float = 1.0, batch_size: int = 64,
+                 device: str = "auto", seed: int = 0, refresh_s: float = 0.25) -> None:
         if not tasks:
             raise ValueError("tasks must name at least one task")
         if backbone is None:
@@ -206,56 +411,99 @@ class Explorer:
         else:
             backbone_note = type(backbone).__name__
         self.net = PiggybackNet(backbone, backbone_name=backbone_note)
+        self.folder = None if folder is None else Path(folder)
         self.scale, self.batch_size, self.seed, self.refresh_s = scale, batch_size, seed, refresh_s
         self.device = str(resolve_device(device))
-        self.layers: dict[int, pd.DataFrame] = {}
-        """Per run number: the per-layer mask sparsity of that run (`layer_sparsity`)."""
         self.error: str | None = None
-        """The error of the latest run, or None if it succeeded."""
-        self._rows: list[dict[str, Any]] = []
-        self._numbers = itertools.count(1)  # run numbers, failed runs included
-        self._live: _LiveRun | None = None
+        """The error of the latest failed run, or None."""
+        self._lock = threading.Lock()  # the tables, which the worker writes and the kernel reads
+        self._job: _Job | None = None
+        self._datasets: dict[str, TaskData] = {}
+        self._tasks: dict[int, str] = {}  # run number -> its task in `net` (runs of this explorer)
+        rows, layers, growth = _read_folder(self.folder)
+        self.layers: dict[int, pd.DataFrame] = layers
+        """Per run number: the per-layer mask sparsity of that run (`layer_sparsity`)."""
+        self._rows: list[dict[str, Any]] = rows
+        self._growth: list[dict[str, Any]] = growth
+        self._choosing_mask = False  # the mask view's choices are being updated: draw once, after
+        self._numbers = itertools.count(max((int(r["run"]) for r in rows), default=0) + 1)
+        self._sweep_numbers = itertools.count(max((int(r["sweep"]) for r in rows if pd.notna(r["sweep"])),
+                                                  default=0) + 1)
 
         self.controls: dict[str, widgets.ValueWidget] = _controls()
         self.controls["task"].options = list(tasks)
         self.controls["task"].value = tasks[0]
-        self.button = widgets.Button(description="Train", button_style="primary", icon="play",
-                                     tooltip="train a new task with these settings")
+        self.sweep_controls = _sweep_controls()
+        self.train_button = widgets.Button(description="Train", button_style="primary", icon="play",
+                                           tooltip="train a new task with these settings, in the background")
+        self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
+                                          tooltip="end the run (and the sweep) after the current step")
+        self.sweep_button = widgets.Button(description="Sweep", button_style="info", icon="th",
+                                           tooltip="train every combination of the knobs' values, one after another")
         self.status = widgets.HTML()
         self.curve = go.FigureWidget(_curve_layout())
+        self.sweep_figure = go.FigureWidget(_sweep_layout())
         self.sparsity_figure = go.FigureWidget(_sparsity_layout())
+        self.mask_run = widgets.Dropdown(description="Run", style={"description_width": "60px"})
+        largest = max(self.net.masked_layers, key=lambda name: self.net.original_weight(name).numel())
+        self.mask_layer = widgets.Dropdown(options=list(self.net.masked_layers), value=largest,
+                                           description="Layer", style={"description_width": "60px"})
+        self.mask_figure = go.FigureWidget(_mask_layout())
+        self.growth_figure = go.FigureWidget(_growth_layout())
         self.runs_table = widgets.HTML(value=_runs_html(self.runs))
         self.widget = self._assemble(backbone_note)
 
-        self.button.on_click(lambda _button: self.train())
-        self.controls["method"].observe(lambda _change: self._enable_method_settings(), "value")
+        self.train_button.on_click(lambda _button: self.train(wait=False))
+        self.sweep_button.on_click(lambda _button: self.sweep(wait=False))
+        self.stop_button.on_click(lambda _button: self.stop())
+        for name in ("method", "bn_mode"):
+            self.controls[name].observe(self._recipe_changed, "value")
         self.controls["init"].observe(self._init_changed, "value")
+        for control in (self.mask_run, self.mask_layer):
+            control.observe(lambda _change: self._choosing_mask or self._show_mask(), "value")
         self._enable_method_settings()
-        self._set_status(f"ready on {html.escape(self.device)}: choose the settings and press Train")
+        self._update_mask_runs()
+        where = (f"runs are kept in {html.escape(str(self.folder))}" if self.folder is not None
+                 else "runs are not kept on disk (no folder)")
+        restored = f"{len(rows)} run(s) restored from {html.escape(str(self.folder))}; " if rows else ""
+        self._set_status(f"ready on {html.escape(self.device)}: {restored}{where}. Choose the settings and press "
+                         "Train, or choose knobs and press Sweep")
 
     # -- layout ----------------------------------------------------------------------
     def _assemble(self, backbone_note: str) -> widgets.VBox:
-        c = self.controls
-        for name, control in (*c.items(), ("train", self.button), ("status", self.status)):
+        c, s = self.controls, self.sweep_controls
+        parts = {**c, **s, "train": self.train_button, "stop": self.stop_button, "sweep": self.sweep_button,
+                 "status": self.status, "mask_run": self.mask_run, "mask_layer": self.mask_layer}
+        for name, control in parts.items():
             control.add_class(CSS_CLASSES[name])
-        curve_box = widgets.Box([self.curve])
-        sparsity_box = widgets.Box([self.sparsity_figure])
-        runs_box = widgets.VBox([widgets.HTML("<b>Runs since the explorer started</b>"), self.runs_table])
-        for name, box in (("curve", curve_box), ("sparsity", sparsity_box), ("runs", runs_box)):
+        boxes = {name: widgets.Box([figure]) for name, figure in (
+            ("sweep_figure", self.sweep_figure), ("curve", self.curve), ("sparsity", self.sparsity_figure),
+            ("mask", self.mask_figure), ("growth", self.growth_figure))}
+        for name, box in boxes.items():
             box.add_class(CSS_CLASSES[name])
+        runs_box = widgets.VBox([widgets.HTML("<b>Runs</b>"), self.runs_table])
+        runs_box.add_class(CSS_CLASSES["runs"])
         header = widgets.HTML(f"<b>Piggyback explorer</b>: backbone {html.escape(backbone_note)}; "
                               f"data scale {self.scale:g}, batch size {self.batch_size}")
         columns = widgets.HBox([
             widgets.VBox([c["task"], c["method"], c["epochs"], c["bn_mode"], c["lr"]]),
             widgets.VBox([c["mask_kind"], c["init"], c["scale"], c["threshold"], c["lr_scores"]]),
         ])
-        box = widgets.VBox([header, columns, widgets.HBox([self.button, self.status]), curve_box, sparsity_box,
-                            runs_box])
+        sweep_row = widgets.HBox([s["knob_1"], s["values_1"], s["knob_2"], s["values_2"], self.sweep_button])
+        mask_row = widgets.HBox([widgets.HTML("<b>The mask</b>"), self.mask_run, self.mask_layer])
+        box = widgets.VBox([header, columns, widgets.HBox([self.train_button, self.stop_button, self.status]),
+                            widgets.HTML("<b>Sweep</b>: up to two knobs, values separated by commas"), sweep_row,
+                            boxes["curve"], boxes["sweep_figure"], boxes["sparsity"], mask_row, boxes["mask"],
+                            boxes["growth"], runs_box])
         box.add_class(CSS_CLASSES["explorer"])
         return box
 
+    @property
+    def figures(self) -> tuple[go.FigureWidget, ...]:
+        return self.curve, self.sweep_figure, self.sparsity_figure, self.mask_figure, self.growth_figure
+
     def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
-        for figure in (self.curve, self.sparsity_figure):
+        for figure in self.figures:
             _store_view_state(figure)
         return self.widget._repr_mimebundle_(**kwargs)
 
@@ -265,13 +513,18 @@ class Explorer:
             self.controls[name].disabled = method != "piggyback"
         self.controls["bn_mode"].disabled = method == "finetune"
 
+    def _recipe_changed(self, _change: dict) -> None:
+        self.set(**recipe_rates(self.controls["method"].value, self.controls["bn_mode"].value))
+        self._enable_method_settings()
+
     def _init_changed(self, change: dict) -> None:
         self.controls["scale"].value = DEFAULT_SCALE[change["new"]]
 
-    # -- settings --------------------------------------------------------------------
+    # -- settings and tables ---------------------------------------------------------
     def set(self, **values: Any) -> None:
         """Set controls by `RunSettings` field name, as a user would (e.g. ``set(epochs=1)``), in the
-        order given: choosing an `init` resets `scale` to that init's default, so give `scale` after it."""
+        order given: choosing a `method` or a `bn_mode` sets its recipe's learning rates and choosing
+        an `init` its default `scale`, so give those after it."""
         unknown = set(values) - set(self.controls)
         if unknown:
             raise KeyError(f"unknown control(s) {sorted(unknown)}; known: {', '.join(self.controls)}")
@@ -285,106 +538,316 @@ class Explorer:
 
     @property
     def runs(self) -> pd.DataFrame:
-        """One row per successful run since the explorer was created (`RUN_COLUMNS`)."""
-        return pd.DataFrame(self._rows, columns=RUN_COLUMNS)
+        """One row per run, restored ones first (`RUN_COLUMNS`, then the rest of `experiments.run`'s row)."""
+        with self._lock:
+            rows = list(self._rows)
+        extra = list(dict.fromkeys(k for row in rows for k in row if k not in RUN_COLUMNS))
+        return pd.DataFrame(rows, columns=[*RUN_COLUMNS, *extra])
+
+    @property
+    def growth(self) -> pd.DataFrame:
+        """Each piggyback run's per-layer sparsity at each epoch's end (`GROWTH_COLUMNS`)."""
+        with self._lock:
+            return pd.DataFrame(self._growth, columns=GROWTH_COLUMNS)
 
     def layer_table(self) -> pd.DataFrame:
         """The per-layer sparsity of every run (`layers`), stacked with a ``run`` column."""
-        tables = [table.assign(run=number) for number, table in self.layers.items()]
-        return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=[*SPARSITY_COLUMNS, "run"])
+        with self._lock:
+            tables = [table.assign(run=number) for number, table in self.layers.items()]
+        if not tables:
+            return pd.DataFrame(columns=LAYER_COLUMNS)
+        return pd.concat(tables, ignore_index=True)[LAYER_COLUMNS]
 
     def results(self) -> pd.DataFrame:
-        """The runs as result rows of the lab's tables: `runs` with a ``label`` naming each run."""
+        """The runs that finished (status ``done``), as result rows of the lab's tables."""
         runs = self.runs
-        return runs.assign(label=[f"#{number} {method}" for number, method in zip(runs["run"], runs["method"])])
+        return runs[runs["status"] == "done"].reset_index(drop=True)
 
-    # -- training --------------------------------------------------------------------
-    def train(self, raise_errors: bool = False) -> dict[str, Any] | None:
-        """What the Train button does: train a new task with the current settings.
+    def sweep_table(self, number: int) -> pd.DataFrame:
+        """Sweep `number`'s runs, its knobs' values first (as written to ``sweep-<number>.csv``)."""
+        runs = self.runs
+        rows = runs[runs["sweep"] == number]
+        if rows.empty:
+            raise KeyError(f"no sweep #{number}; sweeps: {sorted(set(runs['sweep'].dropna().astype(int)))}")
+        knobs = pd.DataFrame([_parse_cell(text) for text in rows["sweep_values"]], index=rows.index)
+        rest = rows.drop(columns=[name for name in knobs.columns if name in rows.columns])
+        return pd.concat([knobs, rest], axis=1).reset_index(drop=True)
 
-        Returns the run's row of `runs`. On an error the status line shows it and `error`
-        holds it; the error is re-raised only with `raise_errors` (the notebook's own runs),
-        since an exception escaping a button callback would only reach the kernel's log.
+    # -- jobs ------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """Whether a run or a sweep is training."""
+        job = self._job
+        return job is not None and job.thread is not None and job.thread.is_alive()
+
+    def train(self, *, wait: bool = True, raise_errors: bool = False) -> dict[str, Any] | None:
+        """Train a new task with the current settings in the background; what Train does.
+
+        With `wait` (the default from Python; a click does not wait) returns the run's row of
+        `runs` once it has ended, or None if it was stopped before it started. Bad settings raise
+        ValueError before anything trains (from a click: shown in the status line). On an error
+        in the run the status line shows it, `error` holds it and the row says ``failed``;
+        `raise_errors` re-raises it (the notebook's own runs), since an exception in a worker
+        thread reaches no cell. Raises `ExplorerBusy` while another job trains.
         """
-        self.button.disabled = True
-        self.error = None
+        settings = self.settings
         try:
-            return self._run(self.settings)
-        except Exception as exc:  # noqa: BLE001 - shown to the user, not swallowed
-            self.error = f"{type(exc).__name__}: {exc}"
-            details = html.escape(traceback.format_exc())
-            self._set_status(f"<b>error</b>: {html.escape(self.error)}"
-                             f"<details><summary>traceback</summary><pre>{details}</pre></details>", error=True)
-            if raise_errors:
-                raise
+            settings.spec(self.device, self.seed, label="")
+        except (TypeError, ValueError) as exc:
+            return self._refuse(exc, wait)
+        job = self._start(f"run {html.escape(settings.label())}", lambda job: self._run_one(job, settings))
+        if not wait:
             return None
-        finally:
-            for figure in (self.curve, self.sparsity_figure):
-                _store_view_state(figure)
-            self.button.disabled = False
+        self.wait(raise_errors=raise_errors)
+        return job.rows[-1] if job.rows else None
 
-    def _run(self, settings: RunSettings) -> dict[str, Any]:
-        number = next(self._numbers)
-        name = f"{settings.task}-{number}"
-        self._set_status(f"loading {html.escape(settings.task)}…")
-        data = load_data(settings.task, scale=self.scale, seed=self.seed)
-        train_loader, val_loader, test_loader = make_loaders(data, self.batch_size, seed=self.seed)
-        config = settings.train_config(self.device, self.seed)  # validates lr and epochs
-        self.net.add_task(name, data.num_classes, mask=settings.mask_config(), class_names=list(data.classes),
-                          seed=self.seed)
+    def sweep(self, knobs: Mapping[str, str | Sequence[float]] | None = None, *, wait: bool = True,
+              raise_errors: bool = False) -> pd.DataFrame | None:
+        """Train every cell of a sweep in the background, one run after another; what Sweep does.
+
+        `knobs`: ``{knob: values}`` (`Sweep.parse`), shown on the sweep controls first; None
+        takes the sweep controls as they are. Every other setting is the controls'. Bad knobs or
+        values raise ValueError before anything trains (from a click: shown in the status line).
+        With `wait`, returns the sweep's table (`sweep_table`) once it has ended.
+        """
         try:
-            self._live = self._start_curve(number, settings, len(train_loader))
-            self._set_status(self._live.progress())
-            start = time.perf_counter()
-            model, history = fit_task(self.net, name, train_loader, val_loader, config, progress=False,
-                                      callbacks={"on_step_end": self._on_step, "on_epoch_end": self._on_epoch})
-            self._draw(force=True)
-            accuracy = evaluate(model, test_loader, task=None if settings.method == "finetune" else name,
-                                device=self.device)
-            wall_time = time.perf_counter() - start
-        except BaseException:
-            self.net.remove_task(name)
-            if self._live is not None:  # keep its curve, marked, to show how it went wrong
-                self._live.loss_trace.name += " (failed)"
+            if knobs is not None:
+                self._show_knobs(Sweep.parse(knobs))
+            sweep, base = self._read_sweep()
+        except (TypeError, ValueError) as exc:
+            return self._refuse(exc, wait)
+        number = next(self._sweep_numbers)
+        self._start(f"sweep #{number}", lambda job: self._sweep(job, number, sweep, base))
+        if not wait:
+            return None
+        self.wait(raise_errors=raise_errors)
+        return self.sweep_table(number) if (self.runs["sweep"] == number).any() else None
+
+    def _refuse(self, exc: Exception, raise_it: bool) -> None:
+        """Bad input: shown in the status line, and raised for a caller that waits (not a click)."""
+        self._show_error(exc, details=False)
+        if raise_it:
+            raise exc
+
+    def stop(self) -> None:
+        """End the run (and the sweep) after the current step; what Stop does. Nothing to stop: no-op."""
+        job = self._job
+        if job is not None and self.busy:
+            job.stop.set()
+            self._set_status(f"stopping {job.what} after the current step…")
+
+    def wait(self, timeout: float | None = None, *, raise_errors: bool = False) -> bool:
+        """Wait until the current job has ended (at most `timeout` seconds); True if it has.
+        Interrupting the kernel while waiting stops the job. `raise_errors`: re-raise the first
+        error of its runs."""
+        job = self._job
+        if job is None or job.thread is None:
+            return True
+        try:
+            job.thread.join(timeout)
+        except KeyboardInterrupt:
+            job.stop.set()
+            job.thread.join()
             raise
+        if raise_errors and job.errors and not job.thread.is_alive():
+            raise job.errors[0]
+        return not job.thread.is_alive()
+
+    def _start(self, what: str, work: Callable[[_Job], None]) -> _Job:
+        with self._lock:
+            if self.busy:
+                raise ExplorerBusy(f"the explorer is training {self._job.what}: press Stop, or wait for it "
+                                   "(explorer.wait()), before starting another")
+            job = self._job = _Job(what)
+        self.error = None
+        self._set_running(True)
+        job.thread = threading.Thread(target=self._work, args=(job, work), name=f"piggylab explorer: {what}",
+                                      daemon=True)
+        job.thread.start()
+        return job
+
+    def _work(self, job: _Job, work: Callable[[_Job], None]) -> None:
+        try:
+            work(job)
+        except Exception as exc:  # noqa: BLE001 - shown to the user: a thread's exception reaches no cell
+            job.errors.append(exc)
+            self._show_error(exc)
         finally:
-            self._live = None
-        layers = layer_sparsity(self.net, name)
-        sparsity = float(layers["zeros"].sum() / layers["weights"].sum())
-        row = {"run": number, **settings.used(), "accuracy": accuracy,
-               "val_accuracy": float(history["val_acc"].iloc[-1]), "sparsity": sparsity, "wall_time_s": wall_time}
-        self._rows.append(row)
-        self.layers[number] = layers
-        self._show_sparsity(number, settings, layers)
-        self.runs_table.value = _runs_html(self.runs)
-        self._set_status(f"done: run #{number}, {html.escape(settings.label())}: test accuracy {accuracy:.1%}, "
-                         f"mask sparsity {sparsity:.2%}, {wall_time:.1f} s")
+            for figure in self.figures:
+                _store_view_state(figure)
+            self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.disabled = self.sweep_button.disabled = running
+        self.stop_button.disabled = not running
+
+    # -- one run ---------------------------------------------------------------------
+    def _data(self, task: str) -> TaskData:
+        if task not in self._datasets:
+            self._datasets[task] = load_data(task, scale=self.scale, seed=self.seed)
+        return self._datasets[task]
+
+    def _run_one(self, job: _Job, settings: RunSettings, *, sweep: int | None = None,
+                 values: Mapping[str, float] | None = None, prefix: str = "") -> dict[str, Any] | None:
+        """Train one run in this (worker) thread and record it; None if stopped before it started.
+        Bad settings raise ValueError before the run gets a number."""
+        spec = settings.spec(self.device, self.seed, label="")
+        number = next(self._numbers)
+        spec = replace(spec, label=f"#{number} {settings.method}")
+        task = f"{settings.task}-{number}"
+        row = {"run": number, "sweep": sweep, "sweep_values": _cell_text(values) if values else None}
+        live = None
+        try:
+            self._set_status(f"{prefix}loading {html.escape(settings.task)}…")
+            data = self._data(settings.task)
+            loaders = make_loaders(data, self.batch_size, seed=self.seed)
+            if job.stop.is_set():
+                return None
+            live = self._start_curve(number, task, settings, len(loaders[0]), prefix)
+            callbacks = {"on_step_end": functools.partial(self._on_step, job, live),
+                         "on_epoch_end": functools.partial(self._on_epoch, job, live)}
+            result = run(self.net, data, spec, task=task, loaders=loaders, callbacks=callbacks, cache=None)
+        except Exception as exc:  # noqa: BLE001 - the run is recorded as failed, its error shown
+            if task in self.net.tasks:
+                self.net.remove_task(task)
+            if live is not None:  # keep its curve, marked, to show how it went wrong
+                live.loss_trace.name += " (failed)"
+            row.update({"status": "failed", **settings.row(), "error": f"{type(exc).__name__}: {exc}"})
+            job.errors.append(exc)
+            self._record(job, row, None, [])
+            self._show_error(exc)
+            return row
+        row.update({**result.row, **settings.row(), "error": None})
+        layers = layer_sparsity(self.net, task) if task in self.net.tasks else None
+        if task in self.net.tasks:
+            self._tasks[number] = task
+        self._draw(job, live, force=True)
+        self._record(job, row, layers, live.growth)
+        self._set_status(f"{prefix}{_ending(row, settings, live)}")
         return row
 
+    def _record(self, job: _Job, row: dict[str, Any], layers: pd.DataFrame | None,
+                growth: list[dict[str, Any]]) -> None:
+        """Add a finished run to the tables, save them and show them."""
+        with self._lock:
+            self._rows.append(row)
+            if layers is not None:
+                self.layers[row["run"]] = layers
+            self._growth += growth
+        job.rows.append(row)
+        self._save()
+        self.runs_table.value = _runs_html(self.runs)
+        if layers is not None:
+            self._show_sparsity(row, layers)
+        self._update_mask_runs(select=row["run"] if growth or row["run"] in self._tasks else None)
+
+    def _save(self) -> None:
+        if self.folder is None:
+            return
+        _write_csv(self.folder / RUNS_FILE, self.runs)
+        _write_csv(self.folder / LAYERS_FILE, self.layer_table())
+        _write_csv(self.folder / GROWTH_FILE, self.growth)
+
+    # -- a sweep ---------------------------------------------------------------------
+    def _show_knobs(self, sweep: Sweep) -> None:
+        knobs = [*sweep.knobs, *[("", ())] * (MAX_KNOBS - len(sweep.knobs))]
+        for i, (name, values) in enumerate(knobs, start=1):
+            self.sweep_controls[f"knob_{i}"].value = name
+            self.sweep_controls[f"values_{i}"].value = ", ".join(map(str, values))  # str: exactly the float
+
+    def _read_sweep(self) -> tuple[Sweep, RunSettings]:
+        """The sweep on the controls and the settings it varies, every cell's settings checked."""
+        s = self.sweep_controls
+        chosen = [(s[f"knob_{i}"].value, s[f"values_{i}"].value) for i in range(1, MAX_KNOBS + 1)]
+        names = [name for name, _ in chosen if name]
+        if len(set(names)) < len(names):
+            raise ValueError(f"knob {names[0]!r} is chosen twice; choose two different knobs")
+        sweep = Sweep.parse({name: values for name, values in chosen if name})
+        base = self.settings
+        unused = [n for n in sweep.names if n in MASK_SETTINGS and base.method != "piggyback"]
+        if unused:
+            raise ValueError(f"knob {unused[0]!r} is a piggyback setting: method {base.method!r} does not use it")
+        for _, values, settings in sweep.cells(base):
+            try:
+                settings.spec(self.device, self.seed, label="")
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"sweep cell {_cell_text(values)}: {exc}") from None
+        return sweep, base
+
+    def _sweep(self, job: _Job, number: int, sweep: Sweep, base: RunSettings) -> None:
+        cells = sweep.cells(base)
+        self._start_sweep_figure(number, sweep, base)
+        start = time.perf_counter()
+        last = None
+        for k, ((i, j), values, settings) in enumerate(cells, start=1):
+            if job.stop.is_set():
+                break
+            prefix = f"sweep #{number}, run {k} of {len(cells)} ({html.escape(_cell_text(values))}): "
+            last = self._run_one(job, settings, sweep=number, values=values, prefix=prefix)
+            if last is None:
+                break
+            self._fill_sweep_cell(i, j, last)
+            if self.folder is not None:
+                _write_csv(self.folder / f"sweep-{number}.csv", self.sweep_table(number))
+            if last["status"] == "stopped":
+                break
+        self._set_status(_sweep_ending(number, sweep, job.rows, len(cells), time.perf_counter() - start,
+                                       stopped=job.stop.is_set()))
+
+    def _start_sweep_figure(self, number: int, sweep: Sweep, base: RunSettings) -> None:
+        xs, ys = sweep.axes()
+        y_labels = [_number(y) for y in ys] if ys else [""]
+        empty = [[None] * len(xs) for _ in y_labels]
+        with self.sweep_figure.batch_update():
+            for trace in self.sweep_figure.data:
+                trace.x, trace.y = [_number(x) for x in xs], y_labels
+                trace.z, trace.text = [list(r) for r in empty], [[""] * len(xs) for _ in y_labels]
+            self.sweep_figure.data[1].zmax = 0.01
+            self.sweep_figure.update_xaxes(title_text=sweep.names[0])
+            self.sweep_figure.update_yaxes(title_text=sweep.names[1] if ys else "")
+            self.sweep_figure.layout.title.text = (f"Sweep #{number}: {html.escape(base.label())}, "
+                                                   f"{base.epochs} epoch(s) unless swept")
+
+    def _fill_sweep_cell(self, i: int, j: int, row: dict[str, Any]) -> None:
+        done = row["status"] == "done"
+        with self.sweep_figure.batch_update():
+            for trace, column in zip(self.sweep_figure.data, ("val_accuracy", "sparsity")):
+                z, text = [list(r) for r in trace.z], [list(r) for r in trace.text]
+                z[j][i] = row[column] if done else None
+                text[j][i] = f"{row[column]:.1%}" if done else row["status"]
+                trace.z, trace.text = z, text
+            self.sweep_figure.data[1].zmax = _top(max([0.0, *(v for r in z for v in r if v is not None)]))
+
     # -- drawing ---------------------------------------------------------------------
-    def _start_curve(self, number: int, settings: RunSettings, steps_per_epoch: int) -> _LiveRun:
+    def _start_curve(self, number: int, task: str, settings: RunSettings, steps_per_epoch: int,
+                     prefix: str) -> _LiveRun:
         colour = qualitative.Plotly[(number - 1) % len(qualitative.Plotly)]
         name = f"#{number} {settings.label()}"
         common = {"name": name, "legendgroup": str(number), "line": {"color": colour}, "mode": "lines+markers"}
         self.curve.add_scatter(x=[], y=[], marker={"size": 4}, row=1, col=1, **common)
         self.curve.add_scatter(x=[], y=[], marker={"size": 8}, showlegend=False, row=1, col=2, **common)
-        return _LiveRun(settings, steps_per_epoch, self.curve.data[-2], self.curve.data[-1])
+        return _LiveRun(number, task, settings, steps_per_epoch, self.curve.data[-2], self.curve.data[-1], prefix)
 
-    def _on_step(self, _trainer: Trainer, record: dict) -> None:
-        live = self._live
+    def _on_step(self, job: _Job, live: _LiveRun, trainer: Trainer, record: dict) -> None:
+        if job.stop.is_set():
+            trainer.stop()
+        live.epoch = record["epoch"]
         live.steps.append(record["step"])
         live.losses.append(record["loss"])
-        self._draw()
+        self._draw(job, live)
 
-    def _on_epoch(self, _trainer: Trainer, row: dict) -> None:
-        live = self._live
-        live.epochs.append(row["epoch"])
+    def _on_epoch(self, job: _Job, live: _LiveRun, _trainer: Trainer, row: dict) -> None:
+        epoch = row["step"] / live.steps_per_epoch  # a stopped run's last epoch is a fraction of one
+        live.epochs.append(epoch)
         live.accuracies.append(row["val_acc"])
-        self._draw(force=True)
+        if live.settings.method == "piggyback":
+            layers = layer_sparsity(self.net, live.task)
+            live.growth += layers.assign(run=live.number, epoch=epoch, step=row["step"])[GROWTH_COLUMNS].to_dict(
+                "records")
+        self._draw(job, live, force=True)
 
-    def _draw(self, force: bool = False) -> None:
+    def _draw(self, job: _Job, live: _LiveRun, force: bool = False) -> None:
         """Send the live run's points and progress to the front end, at most every `refresh_s`."""
-        live = self._live
         now = time.perf_counter()
         if not force and now - live.last_draw < self.refresh_s:
             return
@@ -394,19 +857,133 @@ class Explorer:
             live.acc_trace.x, live.acc_trace.y = list(live.epochs), list(live.accuracies)
         if force:  # each epoch's end: a view opened mid-run starts from here
             _store_view_state(self.curve)
-        self._set_status(live.progress())
+        self._set_status(live.progress(stopping=job.stop.is_set()))
 
-    def _show_sparsity(self, number: int, settings: RunSettings, layers: pd.DataFrame) -> None:
+    def _show_sparsity(self, row: dict[str, Any], layers: pd.DataFrame) -> None:
+        top = float(layers["sparsity"].max()) if len(layers) else 0.0
         with self.sparsity_figure.batch_update():
             bars = self.sparsity_figure.data[0]
             bars.x, bars.y = list(layers["depth"]), list(layers["sparsity"])
             bars.customdata = list(zip(layers["layer"], layers["kind"], layers["weights"]))
-            self.sparsity_figure.layout.title.text = f"Mask sparsity per layer: run #{number}, {settings.label()}"
+            self.sparsity_figure.layout.yaxis.range = [0, _top(top)]
+            self.sparsity_figure.layout.title.text = (f"Mask sparsity per layer: run #{row['run']}, "
+                                                      f"{html.escape(row['task'])} ({row['method']}), {row['status']}")
+
+    def _update_mask_runs(self, select: int | None = None) -> None:
+        """The runs the mask view can show: those with a mask in memory or a growth record."""
+        with self._lock:
+            grown = {int(r["run"]) for r in self._growth}
+            rows = [r for r in self._rows if int(r["run"]) in grown or int(r["run"]) in self._tasks]
+        options = [(f"#{int(r['run'])} {r['task']} ({r['method']}, {r['status']})", int(r["run"])) for r in rows]
+        current = self.mask_run.value
+        keep = current if current in {n for _, n in options} else (options[-1][1] if options else None)
+        self._choosing_mask = True
+        try:
+            self.mask_run.options = options
+            self.mask_run.value = select if select is not None else keep
+        finally:
+            self._choosing_mask = False
+        self._show_mask()
+
+    def _show_mask(self) -> None:
+        """Draw the chosen run's mask of the chosen layer, and its sparsity's growth."""
+        number, layer = self.mask_run.value, self.mask_layer.value
+        if number is None or layer is None:
+            return
+        task = self._tasks.get(number)
+        with self.mask_figure.batch_update():
+            heatmap = self.mask_figure.data[0]
+            if task is None or task not in self.net.tasks:
+                heatmap.z, heatmap.x, heatmap.y = [], [], []
+                self.mask_figure.layout.title.text = (f"Mask of run #{number}: not in memory (trained before this "
+                                                      "explorer was created); its growth is below")
+            else:
+                z, title = _mask_grid(self.net.masks(task)[layer], layer, number)
+                heatmap.z, heatmap.x, heatmap.y = z, list(range(len(z[0]))), list(range(len(z)))
+                self.mask_figure.layout.title.text = title
+        growth = self.growth
+        _draw_growth(self.growth_figure, growth[growth["run"] == number], number, layer)
+        for figure in (self.mask_figure, self.growth_figure):
+            _store_view_state(figure)
 
     def _set_status(self, message: str, error: bool = False) -> None:
         colour = "#b00020" if error else "inherit"
         self.status.value = f'<div style="color: {colour}">{message}</div>'
 
+    def _show_error(self, exc: BaseException, details: bool = True) -> None:
+        self.error = f"{type(exc).__name__}: {exc}"
+        trace = "".join(traceback.format_exception(exc))
+        more = (f"<details><summary>traceback</summary><pre>{html.escape(trace)}</pre></details>"
+                if details else "")
+        self._set_status(f"<b>error</b>: {html.escape(self.error)}{more}", error=True)
+
+
+# -- endings --------------------------------------------------------------------------------
+
+def _ending(row: dict[str, Any], settings: RunSettings, live: _LiveRun) -> str:
+    """The status line of a run that ended: done or stopped, with its numbers."""
+    total = live.steps_per_epoch * settings.epochs
+    head = f"done: run #{row['run']}" if row["status"] == "done" else (
+        f"stopped: run #{row['run']} after step {row['steps']} of {total}")
+    return (f"{head}, {html.escape(settings.label())}: test accuracy {row['accuracy']:.1%}, val accuracy "
+            f"{row['val_accuracy']:.1%}, mask sparsity {row['sparsity']:.2%}, {row['train_s']:.1f} s")
+
+
+def _sweep_ending(number: int, sweep: Sweep, rows: list[dict[str, Any]], cells: int, seconds: float, *,
+                  stopped: bool) -> str:
+    done = [r for r in rows if r["status"] == "done"]
+    failed = sum(r["status"] == "failed" for r in rows)
+    head = (f"stopped: sweep #{number} after {len(rows)} of {cells} runs" if stopped
+            else f"done: sweep #{number}, {len(rows)} runs")
+    text = f"{head} ({html.escape(sweep.describe())}) in {seconds:.1f} s"
+    if failed:
+        text += f", {failed} failed"
+    if done:
+        best = max(done, key=lambda r: r["val_accuracy"])
+        text += (f"; best validation accuracy {best['val_accuracy']:.1%} at {html.escape(best['sweep_values'])} "
+                 f"(run #{best['run']}, mask sparsity {best['sparsity']:.2%})")
+    return text
+
+
+# -- files ----------------------------------------------------------------------------------
+
+def _write_csv(path: Path, table: pd.DataFrame) -> None:
+    atomic_write_bytes(path, table.to_csv(index=False).encode())
+
+
+def _read_folder(folder: Path | None) -> tuple[list[dict[str, Any]], dict[int, pd.DataFrame], list[dict[str, Any]]]:
+    """The runs, per-run layer tables and growth records kept in `folder` (nothing if absent)."""
+    if folder is None or not (folder / RUNS_FILE).exists():
+        return [], {}, []
+    runs = _read_csv(folder / RUNS_FILE, RUN_COLUMNS)
+    layers = _read_csv(folder / LAYERS_FILE, LAYER_COLUMNS)
+    growth = _read_csv(folder / GROWTH_FILE, GROWTH_COLUMNS)
+    runs["sweep"] = runs["sweep"].astype("Int64")
+    rows = [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in runs.to_dict("records")]
+    tables = {int(n): t.drop(columns="run").reset_index(drop=True) for n, t in layers.groupby("run", sort=False)}
+    return rows, tables, growth.to_dict("records")
+
+
+def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"cannot read the explorer's table {path}: {exc}; move it away to start afresh") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path} is not an explorer table: it has no column(s) {', '.join(missing)}; move it away "
+                         "to start afresh")
+    return table
+
+
+def _parse_cell(text: str) -> dict[str, float]:
+    """``lr_scores=0.001, threshold=0.005`` -> {"lr_scores": 0.001, "threshold": 0.005}."""
+    return {name: float(value) for name, value in (part.split("=") for part in text.split(", "))}
+
+
+# -- figures --------------------------------------------------------------------------------
 
 def _store_view_state(figure: go.FigureWidget) -> None:
     """Store the figure as it is now in the widget state that new views of it start from.
@@ -420,14 +997,35 @@ def _store_view_state(figure: go.FigureWidget) -> None:
     figure._repr_mimebundle_()
 
 
+def _top(value: float) -> float:
+    """The top of a sparsity axis that starts at 0: a little above `value`, at least 1%."""
+    return max(0.01, 1.1 * value)
+
+
 def _curve_layout() -> go.Figure:
     figure = make_subplots(rows=1, cols=2, subplot_titles=("Training loss", "Validation accuracy"),
                            column_widths=[0.6, 0.4], horizontal_spacing=0.1)
     figure.update_xaxes(title_text="step", row=1, col=1)
-    figure.update_xaxes(title_text="epoch", dtick=1, row=1, col=2)
-    figure.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    figure.update_xaxes(title_text="epoch", dtick=1, rangemode="tozero", row=1, col=2)
+    figure.update_yaxes(rangemode="tozero", row=1, col=1)
+    figure.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
     figure.update_layout(height=340, margin={"t": 40, "b": 40, "l": 50, "r": 10}, template="plotly_white",
                          legend={"orientation": "h", "y": -0.25})
+    return figure
+
+
+def _sweep_layout() -> go.Figure:
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Validation accuracy", "Mask sparsity"),
+                           horizontal_spacing=0.16)
+    for col, (name, zmax, colours, bar_x) in enumerate((("val accuracy", 1.0, "Blues", 0.42),
+                                                        ("sparsity", 0.01, "Oranges", 1.0)), start=1):
+        figure.add_heatmap(x=[], y=[], z=[], text=[], texttemplate="%{text}", zmin=0, zmax=zmax, colorscale=colours,
+                           name=name, colorbar={"x": bar_x, "tickformat": ".0%", "thickness": 12},
+                           hovertemplate=f"x %{{x}}, y %{{y}}<br>{name} %{{z:.2%}}<extra></extra>", row=1, col=col)
+    figure.update_xaxes(type="category")
+    figure.update_yaxes(type="category")
+    figure.update_layout(title_text="Sweep: choose up to two knobs and their values, then press Sweep", height=320,
+                         template="plotly_white", margin={"t": 60, "b": 40, "l": 60, "r": 10})
     return figure
 
 
@@ -438,18 +1036,97 @@ def _sparsity_layout() -> go.Figure:
     figure = go.Figure(bars)
     figure.update_layout(title_text="Mask sparsity per layer: train a task to see its mask", height=300,
                          xaxis_title="depth (masked layer, input to output)", yaxis_title="zeros in the mask",
-                         yaxis_tickformat=".1%", template="plotly_white",
+                         yaxis={"tickformat": ".1%", "range": [0, 0.01]}, template="plotly_white",
                          margin={"t": 40, "b": 40, "l": 60, "r": 10})
     return figure
+
+
+MASK_COLOURS = [[0.0, "#d62728"], [1 / 3, "#d62728"], [1 / 3, "#111111"], [2 / 3, "#111111"], [2 / 3, "#e8e8e8"],
+                [1.0, "#e8e8e8"]]
+"""A mask's entries: -1 red (ternary), 0 (off) black, 1 (on) light grey."""
+
+
+def _mask_layout() -> go.Figure:
+    figure = go.Figure(go.Heatmap(z=[], zmin=-1, zmax=1, colorscale=MASK_COLOURS, showscale=False,
+                                  hovertemplate="filter %{y}, column %{x}: %{z}<extra></extra>"))
+    figure.update_yaxes(autorange="reversed", title_text="filter (output channel)")
+    figure.update_xaxes(title_text="input channel × kernel position")
+    figure.update_layout(title_text="The mask: train a piggyback task to see which weights are off", height=360,
+                         template="plotly_white", margin={"t": 50, "b": 40, "l": 60, "r": 10})
+    return figure
+
+
+def _mask_grid(mask: Any, layer: str, number: int) -> tuple[list[list[int]], str]:
+    """A mask as rows (filters, or a linear layer's outputs) of its flattened inputs, at most
+    `MAX_MASK_CELLS` entries, and a title saying what share is off."""
+    grid = mask.reshape(mask.shape[0], -1).cpu().int()
+    rows, columns = grid.shape
+    off = float((grid == 0).sum()) / grid.numel()
+    shown_rows = max(1, min(rows, MAX_MASK_CELLS // columns))
+    shown_columns = min(columns, MAX_MASK_CELLS)
+    part = "" if (shown_rows, shown_columns) == (rows, columns) else (
+        f" (the first {shown_rows} of {rows} filters{'' if shown_columns == columns else f', {shown_columns} columns'})")
+    title = (f"Mask of {layer}, run #{number}: {off:.2%} of its {grid.numel():,} weights off (black){part}; "
+             f"rows: filters")
+    return grid[:shown_rows, :shown_columns].numpy().tolist(), title
+
+
+def _growth_layout() -> go.Figure:
+    figure = go.Figure()
+    figure.update_layout(title_text="Sparsity epoch by epoch: train a piggyback task to see it grow", height=320,
+                         xaxis={"title": "epoch", "rangemode": "tozero"},
+                         yaxis={"title": "zeros in the mask", "tickformat": ".1%", "range": [0, 0.01]},
+                         template="plotly_white", margin={"t": 50, "b": 40, "l": 60, "r": 10})
+    return figure
+
+
+def _growth_lines(growth: pd.DataFrame) -> pd.DataFrame:
+    """(line, epoch, sparsity, layers): a line per layer, or per group of consecutive layers when
+    there are more than `MAX_GROWTH_LINES` layers (a group's sparsity: its zeros over its weights)."""
+    layers = list(dict.fromkeys(growth.sort_values("depth")["layer"]))
+    groups = np.array_split(np.arange(len(layers)), min(len(layers), MAX_GROWTH_LINES))
+    group_of = {}
+    for members in groups:
+        names = [layers[i] for i in members]
+        line = names[0] if len(names) == 1 else f"layers {members[0]}–{members[-1]}"
+        group_of.update(dict.fromkeys(names, (line, ", ".join(names))))
+    table = growth.assign(line=[group_of[layer][0] for layer in growth["layer"]],
+                          layers=[group_of[layer][1] for layer in growth["layer"]])
+    lines = table.groupby(["line", "layers", "epoch"], sort=False)[["zeros", "weights"]].sum().reset_index()
+    return lines.assign(sparsity=lines["zeros"] / lines["weights"])
+
+
+def _draw_growth(figure: go.FigureWidget, growth: pd.DataFrame, number: int, layer: str) -> None:
+    """One line per layer (or group) of run `number`'s sparsity against the epoch; `layer`'s bold."""
+    lines = _growth_lines(growth) if len(growth) else pd.DataFrame(columns=["line", "layers", "epoch", "sparsity"])
+    with figure.batch_update():
+        figure.data = []
+        for i, (line, part) in enumerate(lines.groupby("line", sort=False)):
+            chosen = layer in part["layers"].iloc[0].split(", ")
+            figure.add_scatter(x=list(part["epoch"]), y=list(part["sparsity"]), name=line, mode="lines+markers",
+                               line={"width": 4 if chosen else 1.5,
+                                     "color": qualitative.Plotly[i % len(qualitative.Plotly)]},
+                               hovertemplate=f"{line}<br>epoch %{{x:.2f}}: %{{y:.2%}} zeros<extra></extra>")
+        figure.layout.yaxis.range = [0, _top(float(lines["sparsity"].max()) if len(lines) else 0.0)]
+        figure.layout.title.text = (f"Sparsity epoch by epoch, run #{number}: a line per "
+                                    f"{'layer' if lines['line'].nunique() == growth['layer'].nunique() else 'group of layers'}"
+                                    f" ({layer} in bold)" if len(lines) else
+                                    f"Sparsity epoch by epoch: run #{number} has no piggyback mask")
 
 
 def _runs_html(runs: pd.DataFrame) -> str:
     if runs.empty:
         return "<i>no runs yet</i>"
+
     def number(spec: str):
         return lambda value: "–" if pd.isna(value) else format(value, spec)
 
-    formats = {"accuracy": ".1%", "val_accuracy": ".1%", "sparsity": ".2%", "wall_time_s": ".1f", "lr": ".0e",
-               "lr_scores": ".0e", "threshold": "g", "scale": "g"}
-    table = runs.to_html(index=False, na_rep="–", formatters={k: number(v) for k, v in formats.items()}, border=0)
-    return (f"<style>.piggylab-runs td, .piggylab-runs th {{padding: 1px 8px; text-align: right}}</style>{table}")
+    def text(value: Any) -> str:
+        return "–" if value is None or pd.isna(value) else html.escape(str(value)[:80])
+
+    formats = {"accuracy": ".1%", "val_accuracy": ".1%", "sparsity": ".2%", "train_s": ".1f", "lr": ".0e",
+               "lr_scores": ".0e", "threshold": "g", "init_scale": "g"}
+    shown = runs[SHOWN_COLUMNS].astype({"sweep": "Int64", "steps": "Int64", "epochs": "Int64"})
+    table = shown.to_html(index=False, na_rep="–", border=0, escape=False,
+                          formatters={**{c: text for c in SHOWN_COLUMNS}, **{k: number(v) for k, v in formats.items()}})
+    return f"<style>.piggylab-runs td, .piggylab-runs th {{padding: 1px 8px; text-align: right}}</style>{table}"
