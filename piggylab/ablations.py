@@ -139,14 +139,15 @@ def init_variants(pretrained: nn.Module, *, source_accuracy: float | None = None
     - ``pretrained``: `pretrained` itself (its source-task accuracy: `source_accuracy`);
     - ``random``: the same architecture re-initialised (`randomised`), as in a supermask;
     - ``early`` (the lab's tiny ResNet only): a backbone pretrained less. Read from
-      `early_checkpoint` if that file exists (an early checkpoint of the pretraining run,
-      default `EARLY_CHECKPOINT`); otherwise, with `early_epochs` > 0, pretrained here by
-      `pretrain_tiny_backbone` for `early_epochs` on `early_scale` of the source task (a
-      cheap stand-in: a few dozen steps, so often hardly better than random).
+      `early_checkpoint` if that file exists (an early checkpoint of the tiny backbone's
+      pretraining run, default `EARLY_CHECKPOINT`; never over another architecture, such as a
+      torchvision ResNet on the paper's path); otherwise, with `early_epochs` > 0, pretrained
+      here by `pretrain_tiny_backbone` for `early_epochs` on `early_scale` of the source task
+      (a cheap stand-in: a few dozen steps, so often hardly better than random).
     """
     variants = [BackboneVariant("pretrained", pretrained, "the pretrained backbone", source_accuracy),
                 BackboneVariant("random", randomised(pretrained, seed), "same architecture, random weights")]
-    if early_checkpoint is not None and Path(early_checkpoint).exists():
+    if isinstance(pretrained, TinyResNet) and early_checkpoint is not None and Path(early_checkpoint).exists():
         variants.append(BackboneVariant("early", load_tiny_backbone(early_checkpoint),
                                         f"early checkpoint {Path(early_checkpoint).name}",
                                         checkpoint_accuracy(early_checkpoint)))

@@ -81,3 +81,5 @@ def test_init_variants_pretrain_or_read_an_early_checkpoint(backbone, tmp_path):
     assert early.source_accuracy == 0.25 and torch.equal(early.model.conv1.weight, variants[2].model.conv1.weight)
     with pytest.raises(ValueError, match="tiny backbone only"):
         init_variants(torch.nn.Sequential(torch.nn.Linear(2, 2)), early_checkpoint=None, early_epochs=1)
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))  # another architecture: never the tiny's early checkpoint
+    assert [v.name for v in init_variants(other, early_checkpoint=path, early_epochs=0)] == ["pretrained", "random"]
