@@ -94,10 +94,11 @@ def train_config(method: str = "piggyback", recipe: str = "embedded", *, bn_mode
         mode = "task" if method == "finetune" else bn_mode or "frozen"
         key = (method, mode) if (method, mode) in EMBEDDED_RECIPES else (method, "frozen")
         base, fraction = TrainConfig(method, **EMBEDDED_RECIPES[key]), EMBEDDED_DECAY_AT
-    decay = (round(epochs * fraction),) if epochs >= 3 else ()
-    warmup = base.warmup_epochs if base.warmup_epochs < epochs else 0
-    return replace(base, epochs=epochs, decay_epochs=decay, warmup_epochs=warmup,
-                   bn_mode=None if method == "finetune" else bn_mode, **overrides)
+    settings = {"decay_epochs": (round(epochs * fraction),) if epochs >= 3 else (), **overrides, "epochs": epochs,
+                "bn_mode": None if method == "finetune" else bn_mode}
+    if settings.get("warmup_epochs", base.warmup_epochs) >= epochs:
+        settings["warmup_epochs"] = 0
+    return replace(base, **settings)
 
 
 def resolve_sizes(recipe: str, *, smoke: bool, data_scale: float | None, epochs: int | None, batch_size: int | None,
