@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from .analysis import depth_thirds, finetuned_bytes, layer_sparsity, overall_sparsity
 from .cache import RunCache, run_key
+from .checkpoints import read_checkpoint
 from .checks import check_choice
 from .datasets import EMBEDDED_TASKS, PAPER_DATASETS, TaskData, make_loaders
 from .masked import MaskConfig
@@ -162,12 +164,15 @@ def _spec_record(net: PiggybackNet, data: TaskData, spec: RunSpec, batch_size: i
 def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, task: str | None = None,
         loaders: tuple[DataLoader, DataLoader, DataLoader] | None = None, batch_size: int = 32,
         cache: RunCache | None = None, callbacks: Mapping[str, Callable] | None = None,
-        progress: bool = False, checkpoint: Path | None = None) -> RunResult:
+        progress: bool = False, checkpoint_dir: str | Path | None = None) -> RunResult:
     """Train `data` as task `task` (default ``data.name``) of `net` by `spec`; see the module docstring.
 
-    With a `checkpoint` path the training's state is saved there after every epoch and, if it
-    is there already, training resumes from it (`fit_task` with ``resume=True``): a killed run
-    goes on where it stopped.
+    With a `checkpoint_dir`, the training's state is saved after every epoch in
+    ``checkpoint_dir/<key>.ckpt``, named by the run cache's `run_key` (two runs never share a
+    file) and, if that file is there already, training resumes from it (`fit_task` with
+    ``resume=True``): a killed run goes on from its last complete epoch. A finished run (stored
+    in the `cache`, if any) removes its checkpoint; a failed or stopped one leaves it for the
+    next attempt.
 
     The task's head and scores are seeded by the config's seed, so it trains the same whatever
     other tasks `net` holds. `classifier` trains the head (and task BN) over the all-ones mask;
@@ -179,24 +184,29 @@ def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, task: str | None = 
     initial_sparsity (before training), negated (ternary: -1 entries), storage_bytes
     (piggyback: its task file; classifier: head and BN; finetune: a float32 network), train_s,
     status: ``done``, or ``stopped`` when a callback ended the training early (`Trainer.stop`;
-    the row then measures what it trained, and the cache does not keep it).
+    the row then measures what it trained, and the cache does not keep it), resumed_epoch (the
+    epoch its checkpoint had completed when it resumed; 0: trained from the start).
     """
     task = task or data.name
-    key = run_key(_spec_record(net, data, spec, batch_size)) if cache is not None else None
-    if cache is None:
-        row, history = _train(net, data, spec, task, loaders, batch_size, callbacks, progress, checkpoint)
-        return RunResult(row, history, cached=False)
-    with cache.lock(key):
-        hit = cache.get(key)
+    record = _spec_record(net, data, spec, batch_size)
+    key = run_key(record)
+    checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{key}.ckpt"
+    with cache.lock(key) if cache is not None else nullcontext():
+        hit = cache.get(key) if cache is not None else None
         if hit is None:
             row, history = _train(net, data, spec, task, loaders, batch_size, callbacks, progress, checkpoint)
-            if row["status"] == "done":
+            if row["status"] == "done" and cache is not None:
                 file = task_bytes(net, task) if spec.method != "finetune" else None
-                cache.put(key, _spec_record(net, data, spec, batch_size), row, history, file)
-            return RunResult(row, history, cached=False)
-    if hit.task_file is not None:
-        load_task(net, hit.task_file, task=task)
-    return RunResult({**hit.row, "name": task}, hit.history, cached=True)
+                cache.put(key, record, row, history, file)
+    if hit is None:
+        result = RunResult(row, history, cached=False)
+    else:
+        if hit.task_file is not None:
+            load_task(net, hit.task_file, task=task)
+        result = RunResult({**hit.row, "name": task}, hit.history, cached=True)
+    if checkpoint is not None and result.row["status"] == "done":  # a cached run's: killed after it was stored
+        checkpoint.unlink(missing_ok=True)
+    return result
 
 
 def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, task: str,
@@ -209,6 +219,7 @@ def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, task: str,
     net.add_task(task, data.num_classes, mask=mask, task_bn=spec.task_bn, class_names=list(data.classes),
                  seed=config.seed)
     initial_sparsity = overall_sparsity(net, task)
+    resumed_epoch = read_checkpoint(checkpoint)[1]["epoch"] if checkpoint is not None and checkpoint.exists() else 0
     start = time.perf_counter()
     model, history = fit_task(net, task, train, val, config, progress=progress, callbacks=callbacks,
                               checkpoint=checkpoint, resume=True)
@@ -236,16 +247,18 @@ def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, task: str,
            "first_third_sparsity": first_third, "last_third_sparsity": last_third,
            "negated": sum(int((m < 0).sum()) for m in masks) / net.num_masked_weights if pig else 0.0,
            "storage_bytes": storage, "train_s": round(seconds, 2),
-           "status": "done" if int(history["step"].iloc[-1]) == config.epochs * len(train) else "stopped"}
+           "status": "done" if int(history["step"].iloc[-1]) == config.epochs * len(train) else "stopped",
+           "resumed_epoch": resumed_epoch}
     if finetune:
         net.remove_task(task)
     return row, history.assign(label=spec.name, task=data.name)
 
 
 def compare(net: PiggybackNet, data: TaskData, specs: Sequence[RunSpec], *, batch_size: int = 32,
-            cache: RunCache | None = None, live: LiveCurve | None = None,
-            progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`run` each of `specs` on `data`; return the result rows and the stacked histories.
+            cache: RunCache | None = None, live: LiveCurve | None = None, progress: bool = False,
+            checkpoint_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`run` each of `specs` on `data` (with `run`'s `cache` and `checkpoint_dir`); return the
+    result rows and the stacked histories.
 
     Each run is a task of `net` named ``<task>-<label>``; `live` (a `piggylab.plots.LiveCurve`)
     draws them as they train, as ``<task>: <label>``.
@@ -254,7 +267,7 @@ def compare(net: PiggybackNet, data: TaskData, specs: Sequence[RunSpec], *, batc
     for spec in specs:
         callbacks = live.callbacks(f"{data.name}: {spec.name}") if live is not None else None
         results.append(run(net, data, spec, task=task_name(data.name, spec.name), batch_size=batch_size, cache=cache,
-                           callbacks=callbacks, progress=progress))
+                           callbacks=callbacks, progress=progress, checkpoint_dir=checkpoint_dir))
         if live is not None and results[-1].cached:
             live.add_history(f"{data.name}: {spec.name}", results[-1].history)
     return (pd.DataFrame([r.row for r in results]),

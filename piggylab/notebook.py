@@ -9,7 +9,9 @@ A notebook's set-up is three lines::
 `Lab` checks the parameters every notebook shares (`PARAMETER_RULES`) and the notebook's own,
 stopping with `ParameterError` naming the parameter and what it accepts; resolves the data
 size, epochs and batch size; makes the training configs of its recipe (`Lab.spec`); trains
-runs through `piggylab.experiments.run` with the batch's run cache (`cache_dir`); and writes
+runs through `piggylab.experiments.run` with the batch's run cache (`cache_dir`), each
+checkpointed in ``output_dir/checkpoints`` until it finishes (a killed notebook, run again,
+resumes its unfinished run from its last epoch); and writes
 its outputs into `output_dir`: `Lab.table` (CSV), `Lab.show` (HTML figures), `Lab.learned` (the "What we learned"
 cell: the paper's claims checked on the notebook's rows, `piggylab.claims`, and its findings,
 `piggylab.findings`) and `Lab.finish` (metrics.json), the files the batch runner collects::
@@ -282,14 +284,23 @@ class Lab:
             bn_mode = "frozen"
         return RunSpec(self.config(method, bn_mode=bn_mode, **overrides), mask or MaskConfig(), label)
 
+    @property
+    def checkpoints(self) -> Path:
+        """Where the notebook's runs keep their checkpoints: ``output_dir/checkpoints``."""
+        return self.output_dir / "checkpoints"
+
     def run(self, net: PiggybackNet, data: TaskData, spec: RunSpec, **options: Any) -> RunResult:
-        """`piggylab.experiments.run` with the notebook's batch size and the batch's cache."""
-        return run(net, data, spec, batch_size=self.batch_size, cache=self.cache, **options)
+        """`piggylab.experiments.run` with the notebook's batch size, the batch's cache and a
+        checkpoint in `checkpoints` (a killed run resumes from its last epoch)."""
+        return run(net, data, spec, batch_size=self.batch_size, cache=self.cache, checkpoint_dir=self.checkpoints,
+                   **options)
 
     def compare(self, net: PiggybackNet, data: TaskData, specs: Sequence[RunSpec], **options: Any
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """`piggylab.experiments.compare` with the notebook's batch size and the batch's cache."""
-        return compare(net, data, specs, batch_size=self.batch_size, cache=self.cache, **options)
+        """`piggylab.experiments.compare` with the notebook's batch size, the batch's cache and
+        checkpoints in `checkpoints`."""
+        return compare(net, data, specs, batch_size=self.batch_size, cache=self.cache,
+                       checkpoint_dir=self.checkpoints, **options)
 
     # -- what it writes ----------------------------------------------------------------------
     def show(self, figure: Any, name: str) -> None:

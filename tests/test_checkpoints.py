@@ -177,14 +177,17 @@ def test_experiments_run_resumes_from_its_checkpoint(tmp_path, backbone):
         return synthetic_loader(1), synthetic_loader(2), synthetic_loader(3)
 
     spec = experiments.RunSpec(experiments.train_config("piggyback", epochs=2, device="cpu"))
-    checkpoint = tmp_path / "toy.ckpt"
     with pytest.raises(Stop):
-        experiments.run(pl.PiggybackNet(backbone), Data(), spec, loaders=loaders(), checkpoint=checkpoint,
+        experiments.run(pl.PiggybackNet(backbone), Data(), spec, loaders=loaders(), checkpoint_dir=tmp_path,
                         callbacks=stop_at(6))
-    resumed = experiments.run(pl.PiggybackNet(backbone), Data(), spec, loaders=loaders(), checkpoint=checkpoint)
+    [checkpoint] = tmp_path.glob("*.ckpt")  # a failed run leaves its checkpoint, named by the run's key
+    assert read_checkpoint(checkpoint)[1]["epoch"] == 1
+    resumed = experiments.run(pl.PiggybackNet(backbone), Data(), spec, loaders=loaders(), checkpoint_dir=tmp_path)
+    assert not checkpoint.exists()  # a finished run leaves none
     reference = experiments.run(pl.PiggybackNet(backbone), Data(), spec, loaders=loaders())
     same = ["accuracy", "val_accuracy", "train_accuracy", "sparsity", "steps", "storage_bytes"]
     assert {k: resumed.row[k] for k in same} == {k: reference.row[k] for k in same}
+    assert (resumed.row["resumed_epoch"], reference.row["resumed_epoch"]) == (1, 0)
     pd.testing.assert_frame_equal(resumed.history.drop(columns="wall_time"), reference.history.drop(columns="wall_time"))
 
 
