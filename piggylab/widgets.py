@@ -32,8 +32,11 @@ In the background
 -----------------
 A click starts a worker thread and returns at once, so the kernel stays free: other cells run
 and Stop is heard while a run trains. The worker updates the widgets and figures itself
-(ipywidgets and plotly's ``FigureWidget`` send their changes as comm messages, which a thread
-may do in ipykernel >= 6), at most every `refresh_s` seconds and at each epoch's end. Stop asks
+(ipywidgets send their changes as comm messages, which a thread may do in ipykernel >= 6): the
+live curve, a plotly ``FigureWidget``, point by point, at most every `refresh_s` seconds and at
+each epoch's end; the other figures, plain plotly figures, are drawn whole into an
+``ipywidgets.Output`` after each change (a ``FigureWidget`` carries plotly.js, about 5 MB, in its
+widget state, which a reloaded page must fetch again for every one of them). Stop asks
 the trainer to end after the current step (`piggylab.train.Trainer.stop`); the run is recorded
 as ``stopped`` and a sweep ends with it. Only one job (a run or a sweep) trains at a time:
 Train and Sweep are disabled meanwhile, and starting another from Python raises `ExplorerBusy`.
@@ -57,6 +60,7 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 import itertools
 import math
 import re
@@ -73,6 +77,8 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
+import torch
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 from torch import nn
@@ -442,14 +448,17 @@ class Explorer:
                                            tooltip="train every combination of the knobs' values, one after another")
         self.status = widgets.HTML()
         self.curve = go.FigureWidget(_curve_layout())
-        self.sweep_figure = go.FigureWidget(_sweep_layout())
-        self.sparsity_figure = go.FigureWidget(_sparsity_layout())
+        self.sweep_figure = _sweep_layout()
+        self.sparsity_figure = _sparsity_layout()
         self.mask_run = widgets.Dropdown(description="Run", style={"description_width": "60px"})
         largest = max(self.net.masked_layers, key=lambda name: self.net.original_weight(name).numel())
         self.mask_layer = widgets.Dropdown(options=list(self.net.masked_layers), value=largest,
                                            description="Layer", style={"description_width": "60px"})
-        self.mask_figure = go.FigureWidget(_mask_layout())
-        self.growth_figure = go.FigureWidget(_growth_layout())
+        self.mask_figure = _mask_layout()
+        self.growth_figure = _growth_layout()
+        self._views = {name: (figure, widgets.Output()) for name, figure in (  # each drawn whole in an output
+            ("sweep_figure", self.sweep_figure), ("sparsity", self.sparsity_figure), ("mask", self.mask_figure),
+            ("growth", self.growth_figure))}
         self.runs_table = widgets.HTML(value=_runs_html(self.runs))
         self.widget = self._assemble(backbone_note)
 
@@ -462,6 +471,7 @@ class Explorer:
         for control in (self.mask_run, self.mask_layer):
             control.observe(lambda _change: self._choosing_mask or self._show_mask(), "value")
         self._enable_method_settings()
+        self._render("sweep_figure", "sparsity")
         self._update_mask_runs()
         where = (f"runs are kept in {html.escape(str(self.folder))}" if self.folder is not None
                  else "runs are not kept on disk (no folder)")
@@ -476,9 +486,7 @@ class Explorer:
                  "status": self.status, "mask_run": self.mask_run, "mask_layer": self.mask_layer}
         for name, control in parts.items():
             control.add_class(CSS_CLASSES[name])
-        boxes = {name: widgets.Box([figure]) for name, figure in (
-            ("sweep_figure", self.sweep_figure), ("curve", self.curve), ("sparsity", self.sparsity_figure),
-            ("mask", self.mask_figure), ("growth", self.growth_figure))}
+        boxes = {"curve": widgets.Box([self.curve]), **{name: output for name, (_, output) in self._views.items()}}
         for name, box in boxes.items():
             box.add_class(CSS_CLASSES[name])
         runs_box = widgets.VBox([widgets.HTML("<b>Runs</b>"), self.runs_table])
@@ -498,14 +506,15 @@ class Explorer:
         box.add_class(CSS_CLASSES["explorer"])
         return box
 
-    @property
-    def figures(self) -> tuple[go.FigureWidget, ...]:
-        return self.curve, self.sweep_figure, self.sparsity_figure, self.mask_figure, self.growth_figure
-
     def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
-        for figure in self.figures:
-            _store_view_state(figure)
+        _store_view_state(self.curve)
         return self.widget._repr_mimebundle_(**kwargs)
+
+    def _render(self, *names: str) -> None:
+        """Draw the figures `names` (parts of `CSS_CLASSES`) anew in their outputs."""
+        for name in names:
+            figure, output = self._views[name]
+            output.outputs = (_display_data(figure),)
 
     def _enable_method_settings(self) -> None:
         method = self.controls["method"].value
@@ -673,8 +682,7 @@ class Explorer:
             job.errors.append(exc)
             self._show_error(exc)
         finally:
-            for figure in self.figures:
-                _store_view_state(figure)
+            _store_view_state(self.curve)
             self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
@@ -797,26 +805,26 @@ class Explorer:
     def _start_sweep_figure(self, number: int, sweep: Sweep, base: RunSettings) -> None:
         xs, ys = sweep.axes()
         y_labels = [_number(y) for y in ys] if ys else [""]
-        empty = [[None] * len(xs) for _ in y_labels]
-        with self.sweep_figure.batch_update():
-            for trace in self.sweep_figure.data:
-                trace.x, trace.y = [_number(x) for x in xs], y_labels
-                trace.z, trace.text = [list(r) for r in empty], [[""] * len(xs) for _ in y_labels]
-            self.sweep_figure.data[1].zmax = 0.01
-            self.sweep_figure.update_xaxes(title_text=sweep.names[0])
-            self.sweep_figure.update_yaxes(title_text=sweep.names[1] if ys else "")
-            self.sweep_figure.layout.title.text = (f"Sweep #{number}: {html.escape(base.label())}, "
-                                                   f"{base.epochs} epoch(s) unless swept")
+        for trace in self.sweep_figure.data:
+            trace.x, trace.y = [_number(x) for x in xs], y_labels
+            trace.z, trace.text = [[None] * len(xs) for _ in y_labels], [[""] * len(xs) for _ in y_labels]
+        self.sweep_figure.data[1].zmax = 0.01
+        self.sweep_figure.update_xaxes(title_text=sweep.names[0])
+        self.sweep_figure.update_yaxes(title_text=sweep.names[1] if ys else "")
+        self.sweep_figure.layout.title.text = (f"Sweep #{number}: {html.escape(base.label())}, "
+                                               f"{base.epochs} epoch(s) unless swept")
+        self._render("sweep_figure")
 
     def _fill_sweep_cell(self, i: int, j: int, row: dict[str, Any]) -> None:
         done = row["status"] == "done"
-        with self.sweep_figure.batch_update():
-            for trace, column in zip(self.sweep_figure.data, ("val_accuracy", "sparsity")):
-                z, text = [list(r) for r in trace.z], [list(r) for r in trace.text]
-                z[j][i] = row[column] if done else None
-                text[j][i] = f"{row[column]:.1%}" if done else row["status"]
-                trace.z, trace.text = z, text
-            self.sweep_figure.data[1].zmax = _top(max([0.0, *(v for r in z for v in r if v is not None)]))
+        for trace, column in zip(self.sweep_figure.data, ("val_accuracy", "sparsity")):
+            z, text = [list(r) for r in trace.z], [list(r) for r in trace.text]
+            z[j][i] = row[column] if done else None
+            text[j][i] = f"{row[column]:.1%}" if done else row["status"]
+            trace.z, trace.text = z, text
+        sparsity = self.sweep_figure.data[1]
+        sparsity.zmax = _top(max([0.0, *(v for r in sparsity.z for v in r if v is not None)]))
+        self._render("sweep_figure")
 
     # -- drawing ---------------------------------------------------------------------
     def _start_curve(self, number: int, task: str, settings: RunSettings, steps_per_epoch: int,
@@ -861,13 +869,13 @@ class Explorer:
 
     def _show_sparsity(self, row: dict[str, Any], layers: pd.DataFrame) -> None:
         top = float(layers["sparsity"].max()) if len(layers) else 0.0
-        with self.sparsity_figure.batch_update():
-            bars = self.sparsity_figure.data[0]
-            bars.x, bars.y = list(layers["depth"]), list(layers["sparsity"])
-            bars.customdata = list(zip(layers["layer"], layers["kind"], layers["weights"]))
-            self.sparsity_figure.layout.yaxis.range = [0, _top(top)]
-            self.sparsity_figure.layout.title.text = (f"Mask sparsity per layer: run #{row['run']}, "
-                                                      f"{html.escape(row['task'])} ({row['method']}), {row['status']}")
+        bars = self.sparsity_figure.data[0]
+        bars.x, bars.y = list(layers["depth"]), list(layers["sparsity"])
+        bars.customdata = list(zip(layers["layer"], layers["kind"], layers["weights"]))
+        self.sparsity_figure.layout.yaxis.range = [0, _top(top)]
+        self.sparsity_figure.layout.title.text = (f"Mask sparsity per layer: run #{row['run']}, "
+                                                  f"{html.escape(row['task'])} ({row['method']}), {row['status']}")
+        self._render("sparsity")
 
     def _update_mask_runs(self, select: int | None = None) -> None:
         """The runs the mask view can show: those with a mask in memory or a growth record."""
@@ -891,20 +899,16 @@ class Explorer:
         if number is None or layer is None:
             return
         task = self._tasks.get(number)
-        with self.mask_figure.batch_update():
-            heatmap = self.mask_figure.data[0]
-            if task is None or task not in self.net.tasks:
-                heatmap.z, heatmap.x, heatmap.y = [], [], []
-                self.mask_figure.layout.title.text = (f"Mask of run #{number}: not in memory (trained before this "
-                                                      "explorer was created); its growth is below")
-            else:
-                z, title = _mask_grid(self.net.masks(task)[layer], layer, number)
-                heatmap.z, heatmap.x, heatmap.y = z, list(range(len(z[0]))), list(range(len(z)))
-                self.mask_figure.layout.title.text = title
+        heatmap = self.mask_figure.data[0]
+        if task is None or task not in self.net.tasks:
+            heatmap.z = []
+            self.mask_figure.layout.title.text = (f"Mask of run #{number}: not in memory (trained before this "
+                                                  "explorer was created); its growth is below")
+        else:
+            heatmap.z, self.mask_figure.layout.title.text = _mask_grid(self.net.masks(task)[layer], layer, number)
         growth = self.growth
         _draw_growth(self.growth_figure, growth[growth["run"] == number], number, layer)
-        for figure in (self.mask_figure, self.growth_figure):
-            _store_view_state(figure)
+        self._render("mask", "growth")
 
     def _set_status(self, message: str, error: bool = False) -> None:
         colour = "#b00020" if error else "inherit"
@@ -985,6 +989,13 @@ def _parse_cell(text: str) -> dict[str, float]:
 
 # -- figures --------------------------------------------------------------------------------
 
+def _display_data(figure: go.Figure) -> dict[str, Any]:
+    """`figure` as an output that JupyterLab's plotly renderer draws: its JSON (numpy arrays as bytes)."""
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"application/vnd.plotly.v1+json": json.loads(pio.to_json(figure, validate=False)),
+                     "text/plain": f"<plotly figure: {figure.layout.title.text}>"}}
+
+
 def _store_view_state(figure: go.FigureWidget) -> None:
     """Store the figure as it is now in the widget state that new views of it start from.
 
@@ -1017,10 +1028,10 @@ def _curve_layout() -> go.Figure:
 def _sweep_layout() -> go.Figure:
     figure = make_subplots(rows=1, cols=2, subplot_titles=("Validation accuracy", "Mask sparsity"),
                            horizontal_spacing=0.16)
-    for col, (name, zmax, colours, bar_x) in enumerate((("val accuracy", 1.0, "Blues", 0.42),
-                                                        ("sparsity", 0.01, "Oranges", 1.0)), start=1):
+    for col, (name, zmax, colours, bar_x, ticks) in enumerate((("val accuracy", 1.0, "Blues", 0.42, ".0%"),
+                                                               ("sparsity", 0.01, "Oranges", 1.0, ".1%")), start=1):
         figure.add_heatmap(x=[], y=[], z=[], text=[], texttemplate="%{text}", zmin=0, zmax=zmax, colorscale=colours,
-                           name=name, colorbar={"x": bar_x, "tickformat": ".0%", "thickness": 12},
+                           name=name, colorbar={"x": bar_x, "tickformat": ticks, "thickness": 12},
                            hovertemplate=f"x %{{x}}, y %{{y}}<br>{name} %{{z:.2%}}<extra></extra>", row=1, col=col)
     figure.update_xaxes(type="category")
     figure.update_yaxes(type="category")
@@ -1056,10 +1067,11 @@ def _mask_layout() -> go.Figure:
     return figure
 
 
-def _mask_grid(mask: Any, layer: str, number: int) -> tuple[list[list[int]], str]:
+def _mask_grid(mask: Any, layer: str, number: int) -> tuple[np.ndarray, str]:
     """A mask as rows (filters, or a linear layer's outputs) of its flattened inputs, at most
-    `MAX_MASK_CELLS` entries, and a title saying what share is off."""
-    grid = mask.reshape(mask.shape[0], -1).cpu().int()
+    `MAX_MASK_CELLS` entries (an int8 array: plotly sends it as bytes), and a title saying what
+    share is off."""
+    grid = mask.reshape(mask.shape[0], -1).cpu().to(torch.int8)
     rows, columns = grid.shape
     off = float((grid == 0).sum()) / grid.numel()
     shown_rows = max(1, min(rows, MAX_MASK_CELLS // columns))
@@ -1068,7 +1080,7 @@ def _mask_grid(mask: Any, layer: str, number: int) -> tuple[list[list[int]], str
         f" (the first {shown_rows} of {rows} filters{'' if shown_columns == columns else f', {shown_columns} columns'})")
     title = (f"Mask of {layer}, run #{number}: {off:.2%} of its {grid.numel():,} weights off (black){part}; "
              f"rows: filters")
-    return grid[:shown_rows, :shown_columns].numpy().tolist(), title
+    return grid[:shown_rows, :shown_columns].numpy(), title
 
 
 def _growth_layout() -> go.Figure:
@@ -1096,22 +1108,19 @@ def _growth_lines(growth: pd.DataFrame) -> pd.DataFrame:
     return lines.assign(sparsity=lines["zeros"] / lines["weights"])
 
 
-def _draw_growth(figure: go.FigureWidget, growth: pd.DataFrame, number: int, layer: str) -> None:
+def _draw_growth(figure: go.Figure, growth: pd.DataFrame, number: int, layer: str) -> None:
     """One line per layer (or group) of run `number`'s sparsity against the epoch; `layer`'s bold."""
     lines = _growth_lines(growth) if len(growth) else pd.DataFrame(columns=["line", "layers", "epoch", "sparsity"])
-    with figure.batch_update():
-        figure.data = []
-        for i, (line, part) in enumerate(lines.groupby("line", sort=False)):
-            chosen = layer in part["layers"].iloc[0].split(", ")
-            figure.add_scatter(x=list(part["epoch"]), y=list(part["sparsity"]), name=line, mode="lines+markers",
-                               line={"width": 4 if chosen else 1.5,
-                                     "color": qualitative.Plotly[i % len(qualitative.Plotly)]},
-                               hovertemplate=f"{line}<br>epoch %{{x:.2f}}: %{{y:.2%}} zeros<extra></extra>")
-        figure.layout.yaxis.range = [0, _top(float(lines["sparsity"].max()) if len(lines) else 0.0)]
-        figure.layout.title.text = (f"Sparsity epoch by epoch, run #{number}: a line per "
-                                    f"{'layer' if lines['line'].nunique() == growth['layer'].nunique() else 'group of layers'}"
-                                    f" ({layer} in bold)" if len(lines) else
-                                    f"Sparsity epoch by epoch: run #{number} has no piggyback mask")
+    figure.data = []
+    for i, (line, part) in enumerate(lines.groupby("line", sort=False)):
+        chosen = layer in part["layers"].iloc[0].split(", ")
+        figure.add_scatter(x=list(part["epoch"]), y=list(part["sparsity"]), name=line, mode="lines+markers",
+                           line={"width": 4 if chosen else 1.5, "color": qualitative.Plotly[i % len(qualitative.Plotly)]},
+                           hovertemplate=f"{line}<br>epoch %{{x:.2f}}: %{{y:.2%}} zeros<extra></extra>")
+    figure.layout.yaxis.range = [0, _top(float(lines["sparsity"].max()) if len(lines) else 0.0)]
+    each = "layer" if lines["line"].nunique() == growth["layer"].nunique() else "group of layers"
+    figure.layout.title.text = (f"Sparsity epoch by epoch, run #{number}: a line per {each} ({layer} in bold)"
+                                if len(lines) else f"Sparsity epoch by epoch: run #{number} has no piggyback mask")
 
 
 def _runs_html(runs: pd.DataFrame) -> str:

@@ -3,24 +3,30 @@
 1. ``jupyter lab --no-browser`` on a free localhost port with a random token, serving a temporary
    copy of ``notebooks/`` in which notebook 07's parameters cell says ``smoke = True``;
 2. Chromium (Debian's, through Playwright) opens ``07_explorer.ipynb``, runs all cells from the
-   Run menu and waits for the explorer's widgets;
-3. it changes the task, the mask kind and the epochs, clicks Train, and checks that the live
-   plotly curve gains the new run's points (as many epochs as asked for) and that the sparsity
-   bars show the new run;
-4. it reloads the tab, as users do, and checks that both figures come back as they were;
-   screenshots go to ``test-artifacts/browser/`` (also on failure), and any JavaScript error in
-   the console fails the test (the few allowed ones are listed below, each with its reason);
-5. the batch runner (``piggylab batch``) runs a small grid of the fixture notebooks and Chromium
+   Run menu and waits for the explorer's widgets and the notebook's own runs and sweep;
+3. it changes the task, the mask kind and the epochs (many: a long run), clicks Train, watches
+   the live curve grow while the kernel stays idle (the run trains in a background thread),
+   takes a screenshot mid-run, clicks Stop and measures how long the status line takes to say
+   ``stopped`` (written to ``test-artifacts/browser/stop_latency.json``);
+4. it sets up a 2 x 2 sweep on the sweep controls, clicks Sweep and watches both heatmaps fill,
+   cell by cell, up to four cells; a screenshot of the finished sweep;
+5. it reloads the tab, as users do, and checks that the figures come back as they were;
+6. it restarts the kernel (clearing the outputs), runs the cells up to the explorer again and
+   checks that the new explorer shows the runs table as it was, the stopped run included;
+7. the batch runner (``piggylab batch``) runs a small grid of the fixture notebooks and Chromium
    opens its ``report.html`` from disk, checking that every plotly figure rendered.
 
-The server and the browser are stopped however a test ends. The module must stay under three
-minutes: every wait takes its timeout from one shared budget (`BUDGET_S`).
+Screenshots go to ``test-artifacts/browser/`` (also on failure), and any JavaScript error in the
+console fails the test (the few allowed ones are listed below, each with its reason). The server
+and the browser are stopped however a test ends. The module must stay under three minutes: every
+wait takes its timeout from one shared budget (`BUDGET_S`).
 Chromium comes from ``scripts/install_chromium.sh`` (``make test`` runs it); without apt-get
 the tests skip, except on CI (``$CI`` set), where they fail.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -101,8 +107,12 @@ def page(browser, deadline, request):
 # ---------------------------------------------------------------------------------------------
 
 def smoke_copy_of_notebooks(dest: Path) -> Path:
-    """A copy of ``notebooks/`` where notebook 07 runs with ``smoke = True``; returns the folder."""
-    shutil.copytree(ROOT / "notebooks", dest, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "runs"))
+    """A copy of ``notebooks/`` where notebook 07 runs with ``smoke = True``; returns the folder.
+
+    The copy leaves out the notebooks' jupytext text sources: JupyterLab's jupytext contents
+    manager would refuse to open an .ipynb edited after its paired .py (it saves one on Ctrl+S).
+    """
+    shutil.copytree(ROOT / "notebooks", dest, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "runs", "*.py"))
     path = dest / NOTEBOOK
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -114,8 +124,8 @@ def smoke_copy_of_notebooks(dest: Path) -> Path:
     return dest
 
 
-def code_cell_count(path: Path) -> int:
-    return sum(c.cell_type == "code" for c in nbformat.read(path, as_version=4).cells)
+def code_cells(path: Path) -> list[str]:
+    return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
 
 
 def accept_kernel_dialog(page) -> bool:
@@ -153,10 +163,10 @@ def wait_for_kernel_idle(page, deadline: Deadline, cap_s: float) -> None:
     pytest.fail(f"the notebook's kernel did not become idle within {cap_s:.0f} s; status bar: {status}", pytrace=False)
 
 
-def run_all_cells(page) -> None:
-    """Run → Run All Cells, from the menu bar, as a user would."""
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-    page.locator(".lm-Menu-item:visible .lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+def menu(page, top: str, item: str) -> None:
+    """Choose `item` from the menu bar's `top` menu, as a user would."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(rf"^{top}$")).click()
+    page.locator(".lm-Menu-item:visible .lm-Menu-itemLabel", has_text=re.compile(rf"^{re.escape(item)}$")).click()
 
 
 CELL_STATE_JS = """() => {
@@ -169,29 +179,31 @@ CELL_STATE_JS = """() => {
 }"""
 
 
-def wait_for_all_cells(page, expected: int, deadline: Deadline, cap_s: float) -> None:
-    """Until every code cell shows an execution count (``[n]:``); fails at once on an error output."""
+def wait_for_cells(page, done: int, deadline: Deadline, cap_s: float) -> None:
+    """Until the first `done` code cells show an execution count (``[n]:``) and none is running;
+    fails at once on an error output."""
     end = time.monotonic() + deadline.ms(cap_s) / 1000
     state = {}
     while time.monotonic() < end:
         accept_kernel_dialog(page)
         state = page.evaluate(CELL_STATE_JS)
         if state["errors"]:
-            pytest.fail(f"{NOTEBOOK} raised while running all cells:\n" + "\n".join(state["errors"]), pytrace=False)
-        done = [p for p in state["prompts"] if re.fullmatch(r"\[\d+\]:", p)]
-        if len(state["prompts"]) == expected and len(done) == expected:
+            pytest.fail(f"{NOTEBOOK} raised while running its cells:\n" + "\n".join(state["errors"]), pytrace=False)
+        prompts = state["prompts"]
+        if all(re.fullmatch(r"\[\d+\]:", p) for p in prompts[:done]) and "[*]:" not in prompts:
             return
         page.wait_for_timeout(250)
-    pytest.fail(f"{NOTEBOOK} did not finish running within {cap_s:.0f} s; prompts: {state.get('prompts')}",
-                pytrace=False)
+    pytest.fail(f"{NOTEBOOK}'s first {done} code cells did not finish within {cap_s:.0f} s; prompts: "
+                f"{state.get('prompts')}", pytrace=False)
 
 
 FIGURE_JS = """gd => ({
-    traces: (gd.data || []).map(t => ({name: t.name || '', x: t.x ? t.x.length : 0})),
+    traces: (gd.data || []).map(t => ({name: t.name || '', x: t.x ? t.x.length : 0,
+        filled: Array.isArray(t.z) ? t.z.flat().filter(v => v !== null && v !== undefined).length : 0})),
     title: (gd.layout && gd.layout.title && gd.layout.title.text) || '',
     svgPoints: gd.querySelectorAll('.scatterlayer .trace path.point').length,
-    svgLines: gd.querySelectorAll('.scatterlayer .trace path.js-line').length,
     svgBars: gd.querySelectorAll('.barlayer .trace path').length,
+    heatmaps: gd.querySelectorAll('.heatmaplayer image, .hm image').length,
 })"""
 
 
@@ -215,102 +227,78 @@ def pick_other_option(select, prefer: str | None = None) -> str:
     return choice
 
 
+def type_into(page, container: str, text: str) -> None:
+    """Type `text` into the input of the explorer part `container`, then Enter (the value reaches the kernel)."""
+    field = page.locator(f"{container} input")
+    field.fill(text)
+    field.press("Enter")
+
+
+STOP_JS = """async (limitMs) => {
+    const status = document.querySelector('.piggylab-status');
+    const stopped = () => status.innerText.trim().startsWith('stopped');
+    const start = performance.now();
+    const ended = new Promise(resolve => {
+        const observer = new MutationObserver(() => {
+            if (stopped()) { observer.disconnect(); resolve(performance.now() - start); }
+        });
+        observer.observe(status, {subtree: true, childList: true, characterData: true});
+    });
+    const limit = new Promise(resolve => setTimeout(() => resolve(null), limitMs));
+    document.querySelector('button.piggylab-stop').click();
+    return await Promise.race([ended, limit]);
+}"""
+"""Clicks Stop and returns the milliseconds until the status line says ``stopped`` (null past `limitMs`):
+the whole way, browser to kernel to the worker thread's last step and back to the page."""
+
+
+def show_explorer(page) -> None:
+    """Scroll the notebook so that the explorer's top (controls, status, curve, sweep) fills the view."""
+    page.locator(".piggylab-explorer").evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+
+
+def runs_table(page) -> list[list[str]]:
+    """The explorer's runs table as rows of cell texts."""
+    return page.locator(".piggylab-runs table tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.textContent.trim()))")
+
+
+def wait_for_status(page, prefix: str, deadline: Deadline, cap_s: float) -> str:
+    """Until the explorer's status line starts with `prefix`; fails at once on an error there."""
+    status = page.locator(".piggylab-status")
+    end = time.monotonic() + deadline.ms(cap_s) / 1000
+    text = ""
+    while time.monotonic() < end:
+        text = status.inner_text().strip()
+        if text.startswith(prefix):
+            return text
+        if text.startswith("error"):
+            pytest.fail(f"the explorer shows an error: {text}", pytrace=False)
+        page.wait_for_timeout(100)
+    pytest.fail(f"the status line did not start with {prefix!r} within {cap_s:.0f} s: {text!r}", pytrace=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # The tests
 # ---------------------------------------------------------------------------------------------
 
-def test_explorer_trains_live_in_jupyterlab(page, deadline, tmp_path):
-    """Notebook 07 in JupyterLab: run all, change task/mask kind/epochs, Train, and watch the figures."""
+def test_explorer_in_jupyterlab(page, deadline, tmp_path):
+    """Notebook 07 in JupyterLab: run all; a long run, watched live and stopped; a 2 x 2 sweep; a
+    page reload; a kernel restart that brings the runs table back."""
     root = smoke_copy_of_notebooks(tmp_path / "notebooks")
+    cells = code_cells(root / NOTEBOOK)
     with jupyter_lab(root, tmp_path / "jupyter", start_timeout=min(60, deadline.left)) as server:
         try:
             page.goto(server.lab_url(NOTEBOOK), timeout=deadline.ms(60))
             page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=deadline.ms(60))
             wait_for_kernel_idle(page, deadline, cap_s=60)
-            run_all_cells(page)
-            wait_for_all_cells(page, code_cell_count(root / NOTEBOOK), deadline, cap_s=90)
-
-            # The widgets rendered, and the notebook's own runs reached the figures.
-            train = page.locator("button.piggylab-train")
-            train.wait_for(state="visible", timeout=deadline.ms(10))
-            page.locator(".piggylab-explorer").scroll_into_view_if_needed()
-            status = page.locator(".piggylab-status")
-            assert status.inner_text().startswith("done:"), status.inner_text()
-            before = figure_state(page, ".piggylab-curve")
-            assert points(before) > 0 and before["svgPoints"] > 0, f"the notebook's runs drew no curve: {before}"
-            sparsity_before = figure_state(page, ".piggylab-sparsity")
-            assert sparsity_before["svgBars"] > 0, f"no sparsity bars after the notebook's runs: {sparsity_before}"
-
-            # Change the settings as a user would, then press Train.
-            method = page.locator(".piggylab-method select")
-            if method.count() and method.input_value() != "piggyback":
-                method.select_option("piggyback")
-            task = pick_other_option(page.locator(".piggylab-task select"))
-            mask_kind = pick_other_option(page.locator(".piggylab-mask-kind select"), prefer="ternary")
-            epochs = page.locator(".piggylab-epochs input")
-            epochs.fill("2")
-            epochs.press("Enter")
-            page.wait_for_timeout(300)  # let the widget edits reach the kernel before the click does
-            train.click()
-
-            # The live curve gains points while the run trains, then the run's sparsity shows up.
-            seen = [points(before)]
-            end = time.monotonic() + deadline.ms(60) / 1000
-            while time.monotonic() < end:
-                now = figure_state(page, ".piggylab-curve")
-                seen.append(points(now))
-                if status.inner_text().startswith("done:") and train.is_enabled() and seen[-1] > seen[0]:
-                    break
-                if "error" in status.inner_text()[:20]:
-                    pytest.fail(f"the explorer's run failed: {status.inner_text()}", pytrace=False)
-                page.wait_for_timeout(100)
-            else:
-                pytest.fail(f"the run did not finish in time; status: {status.inner_text()!r}; points seen: {seen}",
-                            pytrace=False)
-            after = figure_state(page, ".piggylab-curve")
-            assert len(after["traces"]) == len(before["traces"]) + 2, after["traces"]
-            loss, accuracy = after["traces"][-2], after["traces"][-1]
-            label = f"{task} (piggyback, {mask_kind} mask)"
-            assert label in loss["name"], f"the new run is not the one set on the widgets: {loss['name']!r}"
-            assert accuracy["x"] == 2, f"asked for 2 epochs, the curve shows {accuracy['x']} validation points"
-            assert loss["x"] > 0 and after["svgPoints"] > before["svgPoints"], (before, after)
-            page.wait_for_function(
-                "n => [...document.querySelectorAll('.piggylab-sparsity .js-plotly-plot')]"
-                ".some(gd => gd.layout && gd.layout.title && gd.layout.title.text.includes(n))",
-                arg=f"run #{len(after['traces']) // 2}", timeout=deadline.ms(10))
-            sparsity = figure_state(page, ".piggylab-sparsity")
-            assert task in sparsity["title"] and sparsity["svgBars"] > 0, sparsity
-            runs_table = page.locator(".piggylab-runs table")
-            assert runs_table.locator("tbody tr").count() == len(after["traces"]) // 2
-            # Live: the curve grew while the run was still training, not only once it was done.
-            # (A run too quick to be sampled says nothing; smoke runs here take several seconds.)
-            during = sorted({n for n in seen if seen[0] < n < points(after)})
-            seconds = float(re.search(r"([\d.]+) s$", status.inner_text().strip()).group(1))
-            assert during or seconds < 2, (f"the curve did not update during the {seconds:.1f} s run, only at its "
-                                           f"end: point counts seen {seen}")
-            print(f"explorer: {task}, {mask_kind} mask, 2 epochs in {seconds:.1f} s; curve points {seen[0]} -> "
-                  f"{points(after)}, counts seen while training: {during}")
-
-            page.locator(".piggylab-explorer").scroll_into_view_if_needed()
-            save_screenshot(page, "explorer")
-
-            # Save and reload the tab, as users do: the explorer comes back from the running kernel's
-            # widget state and must show the same figures (new views start from that state, not from
-            # the messages that updated the old ones).
-            page.keyboard.press("Control+s")
-            page.wait_for_function("() => !document.querySelector('.lm-TabBar-tab.jp-mod-current.jp-mod-dirty')",
-                                   timeout=deadline.ms(10))
-            page.reload(timeout=deadline.ms(60))
-            wait_for_kernel_idle(page, deadline, cap_s=60)
-            page.locator(".piggylab-curve .js-plotly-plot").first.wait_for(timeout=deadline.ms(30))
-            page.locator(".piggylab-sparsity .js-plotly-plot").first.wait_for(timeout=deadline.ms(10))
-            reloaded = figure_state(page, ".piggylab-curve")
-            assert reloaded["traces"] == after["traces"], (
-                f"after a page reload the training curve lost its runs: {reloaded['traces']} instead of "
-                f"{after['traces']}")
-            assert reloaded["svgPoints"] == after["svgPoints"], (reloaded, after)
-            assert figure_state(page, ".piggylab-sparsity")["title"] == sparsity["title"], (
-                "after a page reload the sparsity bars are not the latest run's")
+            menu(page, "Run", "Run All Cells")
+            wait_for_cells(page, len(cells), deadline, cap_s=90)
+            print(f"{deadline.elapsed:.0f} s: {NOTEBOOK} ran all its cells")
+            for phase in (notebook_runs, stopped_run, sweep, reload, restart):
+                phase(page, deadline, *([cells] if phase is restart else []))
+                print(f"{deadline.elapsed:.0f} s: {phase.__name__} passed")
             page.console.check(f"{NOTEBOOK} in JupyterLab")
         except BaseException:
             save_screenshot(page, "explorer-failure")
@@ -319,6 +307,150 @@ def test_explorer_trains_live_in_jupyterlab(page, deadline, tmp_path):
             print(f"server log: {ARTIFACTS / 'jupyter-lab.log'}")
             print("console:\n  " + "\n  ".join(page.console.messages[-50:]))
             raise
+    kept = root / "runs" / "07_explorer" / "explorer"
+    assert {"runs.csv", "sweep-1.csv", "sweep-2.csv"} <= {p.name for p in kept.iterdir()}, list(kept.iterdir())
+
+
+def notebook_runs(page, deadline: Deadline) -> None:
+    """After Run All: the widgets rendered, and the notebook's own runs and sweep reached the figures."""
+    page.locator("button.piggylab-train").wait_for(state="visible", timeout=deadline.ms(10))
+    page.locator(".piggylab-explorer").scroll_into_view_if_needed()
+    text = page.locator(".piggylab-status").inner_text()
+    assert text.startswith("done: sweep #1"), text
+    curve = figure_state(page, ".piggylab-curve")
+    assert points(curve) > 0 and curve["svgPoints"] > 0, f"the notebook's runs drew no curve: {curve}"
+    heatmaps = figure_state(page, ".piggylab-sweep-figure")
+    assert [t["filled"] for t in heatmaps["traces"]] == [4, 4], f"the notebook's sweep is not drawn: {heatmaps}"
+    assert figure_state(page, ".piggylab-sparsity")["svgBars"] > 0, "no sparsity bars after the notebook's runs"
+    mask = figure_state(page, ".piggylab-mask")
+    assert mask["traces"] and mask["heatmaps"] > 0 and "Mask of" in mask["title"], f"no mask drawn: {mask}"
+    assert len(figure_state(page, ".piggylab-growth")["traces"]) > 0, "no sparsity growth drawn"
+
+
+def stopped_run(page, deadline: Deadline) -> None:
+    """A long run: the curve grows while the kernel stays free; Stop ends it, timed."""
+    before = figure_state(page, ".piggylab-curve")
+    rows_before = len(runs_table(page))
+    method = page.locator(".piggylab-method select")
+    if method.input_value() != "piggyback":
+        method.select_option("piggyback")
+    task = pick_other_option(page.locator(".piggylab-task select"))
+    mask_kind = pick_other_option(page.locator(".piggylab-mask-kind select"), prefer="ternary")
+    type_into(page, ".piggylab-epochs", "100")
+    page.wait_for_timeout(300)  # let the widget edits reach the kernel before the click does
+    page.locator("button.piggylab-train").click()
+
+    # The curve grows while the run trains, and the kernel is free meanwhile (the run is in a thread):
+    # another cell runs (the parameters cell: harmless to run again) and gets its execution count.
+    status = page.locator(".piggylab-status")
+    wait_for_status(page, "training", deadline, cap_s=30)
+    seen = [points(before)]
+    end = time.monotonic() + deadline.ms(60) / 1000
+    while time.monotonic() < end and len(set(seen[1:])) < 3:
+        text = status.inner_text()
+        if text.startswith("training"):
+            seen.append(points(figure_state(page, ".piggylab-curve")))
+        assert not text.startswith(("error", "done")), f"the long run ended by itself: {text}"
+        page.wait_for_timeout(150)
+    prompt = page.locator(".jp-Notebook .jp-CodeCell").first.locator(".jp-InputArea-prompt")
+    count = prompt.inner_text().strip()
+    prompt.click()
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function("([el, old]) => /^\\[\\d+\\]:$/.test(el.textContent.trim()) && el.textContent.trim() !== old",
+                           arg=[prompt.element_handle(), count], timeout=deadline.ms(20))
+    assert status.inner_text().startswith("training"), "the run ended before the other cell ran"
+    seen.append(points(figure_state(page, ".piggylab-curve")))
+    growth = sorted(set(seen[1:]))
+    assert len(growth) >= 3 and growth[0] > seen[0], f"the curve did not grow while the run trained: {seen}"
+    assert page.locator("button.piggylab-train").is_disabled() and page.locator("button.piggylab-stop").is_enabled()
+    show_explorer(page)
+    save_screenshot(page, "explorer-mid-run")
+
+    latency_ms = page.evaluate(STOP_JS, deadline.ms(30))
+    assert latency_ms is not None, f"Stop did not end the run within 30 s: {status.inner_text()!r}"
+    text = status.inner_text().strip()
+    steps = re.search(r"after step (\d+) of (\d+)", text)
+    assert steps and int(steps.group(1)) < int(steps.group(2)), text
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    record = {"stop_latency_s": round(latency_ms / 1000, 3), "what": "click on Stop to the status line saying "
+              "stopped, measured in the page (MutationObserver on the status line)", "status": text,
+              "steps_trained": int(steps.group(1)), "steps_planned": int(steps.group(2))}
+    (ARTIFACTS / "stop_latency.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"Stop latency in JupyterLab: {latency_ms / 1000:.3f} s ({text})")
+    assert latency_ms < 20_000, f"Stop took {latency_ms / 1000:.1f} s"  # a sanity bound, not a target
+
+    after = figure_state(page, ".piggylab-curve")
+    loss = after["traces"][-2]
+    assert f"{task} (piggyback, {mask_kind} mask)" in loss["name"], loss["name"]
+    assert loss["x"] == int(steps.group(1)), (loss, text)  # every step it trained is on the curve
+    rows = runs_table(page)
+    assert len(rows) == rows_before + 1 and "stopped" in rows[-1], rows[-1]
+    assert page.locator("button.piggylab-train").is_enabled() and page.locator("button.piggylab-stop").is_disabled()
+
+
+def sweep(page, deadline: Deadline) -> None:
+    """A 2 x 2 sweep set up on the widgets: both heatmaps fill, cell by cell, to four cells."""
+    type_into(page, ".piggylab-epochs", "2")
+    page.locator(".piggylab-knob-1 select").select_option(label="LR scores")
+    type_into(page, ".piggylab-values-1", "1e-2, 5e-2")
+    page.locator(".piggylab-knob-2 select").select_option(label="threshold τ")
+    type_into(page, ".piggylab-values-2", "5e-3, 8e-3")
+    page.wait_for_timeout(300)
+    page.locator("button.piggylab-sweep").click()
+
+    counts = []
+    end = time.monotonic() + deadline.ms(90) / 1000
+    while time.monotonic() < end:
+        state = figure_state(page, ".piggylab-sweep-figure")
+        if "Sweep #2" in state["title"]:
+            counts.append(tuple(t["filled"] for t in state["traces"]))
+            if counts[-1] == (4, 4) and page.locator(".piggylab-status").inner_text().startswith("done: sweep #2"):
+                break
+        page.wait_for_timeout(100)
+    else:
+        pytest.fail(f"the sweep did not fill four cells in time; filled counts seen: {counts}", pytrace=False)
+    live = sorted({a for a, _ in counts if 0 < a < 4})
+    assert live, f"the heatmaps did not fill in live, only at the end: counts seen {counts}"
+    status = page.locator(".piggylab-status").inner_text()
+    assert "lr_scores (2) × threshold (2)" in status, status
+    show_explorer(page)
+    save_screenshot(page, "explorer-sweep")
+    print(f"sweep: cells filled as seen {sorted(set(counts))}; {status}")
+
+
+def reload(page, deadline: Deadline) -> None:
+    """Save and reload the tab, as users do: the explorer comes back from the running kernel's widget
+    state and must show the same figures (new views start from that state, not from the messages
+    that updated the old ones)."""
+    before = {part: figure_state(page, part) for part in (".piggylab-curve", ".piggylab-sweep-figure",
+                                                          ".piggylab-sparsity")}
+    page.keyboard.press("Control+s")
+    page.wait_for_function("() => !document.querySelector('.lm-TabBar-tab.jp-mod-current.jp-mod-dirty')",
+                           timeout=deadline.ms(10))
+    page.reload(timeout=deadline.ms(60))
+    wait_for_kernel_idle(page, deadline, cap_s=60)
+    for part, state in before.items():
+        page.locator(f"{part} .js-plotly-plot").first.wait_for(timeout=deadline.ms(30))
+        again = figure_state(page, part)
+        assert (again["traces"], again["title"]) == (state["traces"], state["title"]), (
+            f"after a page reload {part} is not as it was: {again} instead of {state}")
+
+
+def restart(page, deadline: Deadline, cells: list[str]) -> None:
+    """Restart the kernel, run the cells up to the explorer again: the runs table comes back."""
+    before = runs_table(page)
+    assert any("stopped" in row for row in before), before
+    menu(page, "Kernel", "Restart Kernel and Clear Outputs of All Cells…")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    wait_for_kernel_idle(page, deadline, cap_s=60)
+    runs_cell = next(i for i, source in enumerate(cells) if "explorer.train(" in source)
+    page.locator(".jp-Notebook .jp-CodeCell").nth(runs_cell).locator(".jp-InputPrompt").click()
+    menu(page, "Run", "Run All Above Selected Cell")
+    wait_for_cells(page, runs_cell, deadline, cap_s=60)
+    page.locator(".piggylab-runs table").wait_for(timeout=deadline.ms(20))
+    status = page.locator(".piggylab-status").inner_text()
+    assert f"{len(before)} run(s) restored" in status, status
+    assert runs_table(page) == before, "the runs table after the restart is not the one before it"
 
 
 def test_batch_report_renders_in_chromium(page, deadline, tmp_path):
