@@ -9,15 +9,18 @@ the network's weights (1 bit per weight per task). The public names:
 - training: `Trainer`, `TrainConfig`, `train`, `fit_task`, `evaluate`, `recalibrate_batchnorm`,
   `paper_recipe`, `resolve_device`, `make_optimizer`
 - storage: `save_task`, `load_task`, `TaskFileError`
-- analysis: `layer_sparsity`, `overall_sparsity`, `sparsity_by_task`, `storage_table`
+- analysis: `layer_sparsity`, `overall_sparsity`, `sparsity_by_task`, `storage_table`, `task_memory`,
+  `mask_overlap`
+- export: `export_task` (a task as a plain model of the backbone's own class; files: `piggylab.export`)
 - backbones: `load_backbone`, `tiny_resnet` (datasets live in `piggylab.datasets`)
 - notebooks: `Lab`, the shared set-up of the lab's notebooks (`piggylab.notebook`)
 """
 
 __version__ = "0.1.0"
 
-from .analysis import layer_sparsity, overall_sparsity, sparsity_by_task, storage_table
+from .analysis import layer_sparsity, mask_overlap, overall_sparsity, sparsity_by_task, storage_table, task_memory
 from .backbones import load_backbone, tiny_resnet
+from .export import export_task
 from .notebook import Lab
 from .masked import (GRAD_SCALINGS, INIT_SCHEMES, MASK_KINDS, MaskConfig, MaskedConv2d, MaskedLinear, init_scores,
                      threshold_scores)
@@ -30,7 +33,7 @@ from .train import (PAPER_RECIPES, Trainer, TrainConfig, TrainingDiverged, evalu
 __all__ = [
     "BN_MODES", "GRAD_SCALINGS", "Lab", "INIT_SCHEMES", "MASK_KINDS", "METHODS", "PAPER_RECIPES", "MaskConfig", "MaskedConv2d",
     "MaskedLinear", "PackNet", "PackNetConfig", "PiggybackNet", "TaskFileError", "TrainConfig", "Trainer",
-    "TrainingDiverged", "evaluate", "fit_task", "init_scores", "layer_sparsity", "load_backbone", "load_task",
-    "make_optimizer", "overall_sparsity", "paper_recipe", "recalibrate_batchnorm", "resolve_device", "save_task",
-    "sparsity_by_task", "storage_table", "threshold_scores", "tiny_resnet", "train", "train_packnet",
+    "TrainingDiverged", "evaluate", "export_task", "fit_task", "init_scores", "layer_sparsity", "load_backbone", "load_task",
+    "make_optimizer", "mask_overlap", "overall_sparsity", "paper_recipe", "recalibrate_batchnorm", "resolve_device", "save_task",
+    "sparsity_by_task", "storage_table", "task_memory", "threshold_scores", "tiny_resnet", "train", "train_packnet",
 ]

@@ -105,8 +105,9 @@ def load_backbone(name: str = "tiny", weights: str | None = "DEFAULT", *, weight
     """A backbone by name: `tiny` (the lab's, pretrained unless `weights=None`) or a torchvision model.
 
     torchvision weights (e.g. ``weights="IMAGENET1K_V1"``) are read from `weights_path` if
-    given, else from the local torch cache (``$TORCH_HOME/hub/checkpoints``), and are never
-    downloaded here: a missing file is an error that says which file to put where.
+    given (torch's ``.pth`` format or ``.safetensors``), else from the local torch cache
+    (``$TORCH_HOME/hub/checkpoints``), and are never downloaded here: a missing file is an
+    error that says which file to put where.
     """
     if name == "tiny":
         return tiny_resnet() if weights is None else load_tiny_backbone(weights_path)
@@ -121,7 +122,8 @@ def load_backbone(name: str = "tiny", weights: str | None = "DEFAULT", *, weight
     if not file.exists():
         raise FileNotFoundError(f"the {name} weights {enum} are not on this machine: download {enum.url} "
                                 f"and put it at {file} (or pass weights_path=...); piggylab never downloads at run time")
-    state = torch.load(file, map_location="cpu", weights_only=True)  # tensors only: no arbitrary unpickling
+    state = load_file(str(file)) if file.suffix == ".safetensors" else \
+        torch.load(file, map_location="cpu", weights_only=True)  # tensors only: no arbitrary unpickling
     if name.startswith("densenet"):  # torchvision's DenseNet files use the old 'norm.1' key names
         state = {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
     model.load_state_dict(state)

@@ -16,6 +16,9 @@
    tensor, the memory-bandwidth floor (and, for reference, a copy layer by layer).
 5. `inference`: throughput of a frozen task (merged weights) and of a task still holding
    scores (masked on the fly) against the plain backbone, in eval mode.
+6. `tasks`: many tasks on one backbone. The bytes each frozen task adds to a network (its
+   tensors and the process's resident set, in a fresh subprocess) against one bit per masked
+   weight; and a batch mixing tasks: `predict` against the tasks called one by one.
 
 Every timed figure is the median of interleaved repetitions after warm-up, with its
 quartiles; ratios are taken per repetition. `--quick` runs the tiny backbone only, with few
@@ -63,6 +66,7 @@ TARGETS = {
     "rice_bits_per_weight": 0.5,                # below, for masks with at most 10% zeros
     "task_switch": 2.0,                         # set_task / plain copy, at most
     "inference_merged": 0.98,                   # merged / plain throughput, at least
+    "frozen_task_bytes": 1.10,                  # memory per frozen task / (masked weights / 8), at most
 }
 
 NUM_CLASSES = 10
@@ -91,6 +95,11 @@ class Plan:
     memory_reps: int
     memory_steps: int
     inference_batches: int
+    tasks_backbone: str           # `tasks`: memory per frozen task, on this backbone
+    frozen_tasks: int             # ... with this many frozen tasks
+    tasks_zero_fraction: float    # ... of random masks with this fraction of zeros
+    mixed: Workload               # `tasks`: a batch mixing tasks
+    mixed_tasks: int              # ... how many
 
 
 FULL = Plan(
@@ -100,11 +109,14 @@ FULL = Plan(
     switch_backbone="resnet50", switch_zero_fractions=(0.01, 0.05, 0.10, 0.30),
     storage_backbones=("tiny", "resnet50"), zero_fractions=(0.0, 0.01, 0.05, 0.10),
     warmup=3, reps=25, memory_reps=3, memory_steps=3, inference_batches=1,
+    tasks_backbone="resnet50", frozen_tasks=20, tasks_zero_fraction=0.05, mixed=Workload("resnet50", 64, 32),
+    mixed_tasks=4,
 )
 QUICK = Plan(
     workloads={"cpu": (Workload("tiny", 32, 8),), "cuda": (Workload("tiny", 32, 8),)},
     switch_backbone="tiny", switch_zero_fractions=(0.05,), storage_backbones=("tiny",), zero_fractions=(0.0, 0.10),
     warmup=1, reps=3, memory_reps=1, memory_steps=2, inference_batches=1,
+    tasks_backbone="tiny", frozen_tasks=20, tasks_zero_fraction=0.05, mixed=Workload("tiny", 32, 8), mixed_tasks=2,
 )
 
 
@@ -290,29 +302,39 @@ def memory_probe(workload: Workload, method: str, device: torch.device, steps: i
     return peak_memory(device) - floor
 
 
-def _memory_probe_main(spec: str) -> None:
-    """Entry point of the memory subprocess: print the probe's bytes as JSON."""
+def _train_memory_probe(workload: dict, method: str, device: str, steps: int) -> int:
+    """`memory_probe` with JSON arguments (`in_fresh_process`)."""
+    return memory_probe(Workload(**workload), method, torch.device(device), steps)
+
+
+def _probe_main(spec: str) -> None:
+    """Entry point of `in_fresh_process`: print the probe's result as JSON."""
     args = json.loads(spec)
     torch.set_num_threads(args["threads"])
-    workload = Workload(**args["workload"])
-    print(json.dumps(memory_probe(workload, args["method"], torch.device(args["device"]), args["steps"])))
+    print(json.dumps(PROBES[args["probe"]](**args["kwargs"])))
+
+
+def in_fresh_process(probe: str, **kwargs):
+    """``PROBES[probe](**kwargs)`` (JSON in, JSON out) in a fresh Python process, so peaks and
+    allocations of earlier measurements don't count.
+
+    On CPU, glibc is told to serve every block over 64 KiB by mmap, so freed tensors leave
+    the resident set at once and RSS follows the live tensors rather than the heap's
+    high-water mark (without it, freed blocks stay resident and blur the comparison).
+    """
+    spec = json.dumps({"probe": probe, "kwargs": kwargs, "threads": torch.get_num_threads()})
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    code = "import sys; from piggylab.bench import _probe_main; _probe_main(sys.argv[1])"
+    done = subprocess.run([sys.executable, "-c", code, spec], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"probe {probe} {kwargs} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def measure_memory(workload: Workload, method: str, device: torch.device, steps: int) -> int:
-    """`memory_probe` in a fresh Python process, so peaks of earlier measurements don't count.
-
-    On CPU, glibc is told to serve every block over 64 KiB by mmap, so freed tensors leave
-    the resident set at once and peak RSS follows the live tensors rather than the heap's
-    high-water mark (without it, freed blocks stay resident and blur the comparison).
-    """
-    spec = json.dumps({"workload": asdict(workload), "method": method, "device": str(device), "steps": steps,
-                       "threads": torch.get_num_threads()})
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    code = "import sys; from piggylab.bench import _memory_probe_main; _memory_probe_main(sys.argv[1])"
-    done = subprocess.run([sys.executable, "-c", code, spec], env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"memory probe {method} on {workload} failed:\n{done.stderr[-2000:]}")
-    return int(json.loads(done.stdout.strip().splitlines()[-1]))
+    """`memory_probe` in a fresh Python process (`in_fresh_process`)."""
+    return int(in_fresh_process("train_memory", workload=asdict(workload), method=method, device=str(device),
+                                steps=steps))
 
 
 def bench_train_memory(workload: Workload, device: torch.device, plan: Plan) -> dict:
@@ -433,6 +455,104 @@ def bench_inference(workload: Workload, device: torch.device, plan: Plan) -> dic
             "met": throughput["merged"]["median"] >= TARGETS["inference_merged"]}
 
 
+# -- 6. many tasks ---------------------------------------------------------------------------
+def _held_tensor_bytes(module: nn.Module) -> int:
+    """Bytes of every distinct storage behind `module`'s parameters and buffers."""
+    storages = {}
+    for tensor in (*module.parameters(), *module.buffers()):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _settled_rss() -> int:
+    """Resident bytes of this process once garbage is collected and glibc has given back
+    the free memory at the top of its heap (`malloc_trim`, where there is one)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return _proc_status_bytes("VmRSS")
+
+
+def frozen_tasks_probe(backbone: str, tasks: int, zero_fraction: float) -> dict:
+    """Bytes that `tasks` frozen tasks (random masks with `zero_fraction` zeros, added as a
+    task file adds them: straight into their packed form) add to a network over `backbone`
+    that already serves one frozen task (so its merged weights exist before): measured as
+    the tensors the network holds and as the process's resident set (Linux). Runs in a
+    fresh process (`in_fresh_process`)."""
+    net = PiggybackNet(build_backbone(backbone), backbone_name=backbone)
+    net.add_task("first", NUM_CLASSES, masks=random_masks(net, zero_fraction, seed=0))
+    before_tensors, before_rss = _held_tensor_bytes(net), _settled_rss()
+    for i in range(1, tasks + 1):
+        net.add_task(f"t{i}", NUM_CLASSES, masks=random_masks(net, zero_fraction, seed=i), activate=False)
+    tensors, rss = _held_tensor_bytes(net) - before_tensors, _settled_rss() - before_rss
+    packed = sum(mask.numel() for layer, mask in net.packed_masks("t1").items())
+    head = sum(p.numel() * p.element_size() for p in net.heads.heads["t1"].parameters())
+    return {"masked_weights": net.num_masked_weights, "masked_layers": len(net.masked_layers),
+            "packed_bytes": packed, "head_bytes": head, "tensor_bytes": tensors / tasks, "rss_bytes": rss / tasks}
+
+
+def bench_frozen_tasks(plan: Plan) -> dict:
+    """Memory per frozen task (`frozen_tasks_probe`, in a fresh process) against the 1 bit per
+    masked weight the paper promises, and against a byte per weight."""
+    row = in_fresh_process("frozen_tasks", backbone=plan.tasks_backbone, tasks=plan.frozen_tasks,
+                           zero_fraction=plan.tasks_zero_fraction)
+    ideal = row["masked_weights"] / 8
+    ratio = {key: row[f"{key}_bytes"] / ideal for key in ("tensor", "rss")}
+    return {"backbone": plan.tasks_backbone, "frozen_tasks": plan.frozen_tasks,
+            "zero_fraction": plan.tasks_zero_fraction, **row, "one_bit_bytes": ideal,
+            "byte_per_weight_bytes": row["masked_weights"], "ratio_to_one_bit": ratio,
+            "target": TARGETS["frozen_task_bytes"], "met": max(ratio.values()) <= TARGETS["frozen_task_bytes"]}
+
+
+def bench_mixed_batch(workload: Workload, tasks: int, device: torch.device, plan: Plan) -> dict:
+    """A batch whose samples belong to `tasks` frozen tasks (drawn at random): `predict`
+    (grouped by task, each sample exactly as alone) against the tasks called one by one, a
+    switch and a pass per sample (``set_task(t); net(x[i:i + 1])``, the switch skipped when
+    the task is already active), and, for reference, grouped without the exactness
+    (``set_task(t); net(x[group])``), in eval mode."""
+    net = build_net(workload.backbone, device, tasks=(), image_size=workload.image_size).eval()
+    names = [f"m{i}" for i in range(tasks)]
+    for i, name in enumerate(names):
+        net.add_task(name, NUM_CLASSES, masks=random_masks(net, 0.05, seed=i))
+    x, _ = batch(workload, device)
+    g = torch.Generator().manual_seed(1)
+    chosen = [names[i] for i in torch.randint(0, tasks, (workload.batch_size,), generator=g).tolist()]
+
+    def one_by_one() -> None:
+        with torch.inference_mode():
+            for i, name in enumerate(chosen):
+                if net.active_task != name:
+                    net.set_task(name)
+                net(x[i : i + 1])
+
+    def grouped_inexact() -> None:
+        with torch.inference_mode():
+            for name in dict.fromkeys(chosen):
+                net.set_task(name)
+                net(x[[i for i, t in enumerate(chosen) if t == name]])
+
+    def predict() -> None:
+        with torch.inference_mode():
+            net.predict(x, chosen)
+
+    times = interleaved({"one_by_one": (no_op, one_by_one), "predict": (no_op, predict),
+                         "grouped_inexact": (no_op, grouped_inexact)}, device, plan.warmup, plan.reps)
+    speedup = {name: summary([b / a for a, b in zip(values, times["one_by_one"])])
+               for name, values in times.items() if name != "one_by_one"}
+    return {**asdict(workload), "device": device.type, "tasks": tasks,
+            "images_per_s": {k: summary([workload.batch_size / t for t in v]) for k, v in times.items()},
+            "speedup_over_one_by_one": speedup}
+
+
+PROBES: dict[str, Callable] = {"train_memory": _train_memory_probe, "frozen_tasks": frozen_tasks_probe}
+"""What `in_fresh_process` can run."""
+
+
 # -- the run ------------------------------------------------------------------------------------
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
@@ -459,6 +579,8 @@ def run(plan: Plan, devices: list[torch.device], sections: tuple[str, ...]) -> d
         "storage": lambda: [row for b in plan.storage_backbones for row in bench_storage(b, plan)],
         "task_switch": lambda: [row for d in devices for row in bench_task_switch(plan.switch_backbone, d, plan)],
         "inference": lambda: [bench_inference(w, d, plan) for d in devices for w in plan.workloads[d.type]],
+        "tasks": lambda: [{"memory": bench_frozen_tasks(plan),
+                           "mixed_batch": [bench_mixed_batch(plan.mixed, plan.mixed_tasks, d, plan) for d in devices]}],
     }
     for section in sections:
         start = time.perf_counter()
@@ -523,10 +645,31 @@ def report(result: dict) -> str:
             [[r["device"], r["backbone"], r["image_size"], r["batch_size"], *(_fmt(r["images_per_s"][k], 0) for k in
               ("plain", "merged", "unmerged")), _fmt(r["throughput_ratio_to_plain"]["merged"]),
               _fmt(r["throughput_ratio_to_plain"]["unmerged"]), _MET[r["met"]]] for r in result["inference"]])
+    if "tasks" in result:
+        for r in result["tasks"]:
+            m = r["memory"]
+            lines += _table(
+                f"Memory per frozen task ({m['frozen_tasks']} frozen tasks added, random masks with "
+                f"{m['zero_fraction']:.0%} zeros; bytes per task; target <= 1.10x one bit per masked weight):",
+                ["backbone", "masked weights", "1 bit/weight", "packed masks", "head", "tensors", "RSS",
+                 "tensors / 1 bit", "RSS / 1 bit", "a byte per weight", "met"],
+                [[m["backbone"], f"{m['masked_weights']:,}", f"{m['one_bit_bytes']:,.0f}", f"{m['packed_bytes']:,}",
+                  f"{m['head_bytes']:,}", f"{m['tensor_bytes']:,.0f}", f"{m['rss_bytes']:,.0f}",
+                  f"{m['ratio_to_one_bit']['tensor']:.3f}", f"{m['ratio_to_one_bit']['rss']:.3f}",
+                  f"{m['byte_per_weight_bytes']:,}", _MET[m["met"]]]])
+            lines += _table(
+                "Mixed-task batch (images/s; `predict`: grouped by task, each sample exactly as alone; one by one: "
+                "a switch and a pass per sample; grouped, inexact: `net(x[group])` per task):",
+                ["device", "backbone", "size", "batch", "tasks", "one by one", "predict", "grouped, inexact",
+                 "predict / one by one", "grouped inexact / one by one"],
+                [[b["device"], b["backbone"], b["image_size"], b["batch_size"], b["tasks"],
+                  *(_fmt(b["images_per_s"][k], 0) for k in ("one_by_one", "predict", "grouped_inexact")),
+                  _fmt(b["speedup_over_one_by_one"]["predict"]), _fmt(b["speedup_over_one_by_one"]["grouped_inexact"])]
+                 for b in r["mixed_batch"]])
     return "\n".join(lines)
 
 
-SECTIONS = ("train_step", "train_memory", "storage", "task_switch", "inference")
+SECTIONS = ("train_step", "train_memory", "storage", "task_switch", "inference", "tasks")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,12 +1,14 @@
-"""The ``piggylab`` command line: ``piggylab batch GRID.yaml``, ``piggylab report RUN_DIR`` and
-``piggylab claims RUN_DIR``.
+"""The ``piggylab`` command line: ``piggylab batch GRID.yaml``, ``piggylab report RUN_DIR``,
+``piggylab claims RUN_DIR`` and ``piggylab export TASKFILE --backbone NAME --format FORMAT OUT``.
 
 A thin argparse layer over `piggylab.batch.run_batch`, `piggylab.report.build_report` and
 `piggylab.claims.write_claims`; the grid format and what a batch writes are documented in
 `piggylab.batch`. Exit status: 0 when every run finished, 1 when some failed (the report lists
 them), 2 for a bad grid or command line or an output folder another batch is using, 130 when
 interrupted (rerun the same command to resume). ``claims`` always exits 0: it reports, it does
-not fail.
+not fail. ``export`` (`piggylab.export.export_task_file`) exits 0 once the file is written, 2
+for an unknown format, an existing OUT without ``--force``, a task file made for another
+backbone or weights that are not here.
 """
 
 from __future__ import annotations
@@ -60,6 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
                                  "print the claims table and write RUN_DIR/claims.csv. Always exits 0.")
     claims.add_argument("output", metavar="RUN_DIR", help="a batch's output folder (the grid's 'output')")
     claims.add_argument("--seed", type=int, metavar="N", help="only the runs of this seed (default: all, mean ± std)")
+
+    export = commands.add_parser("export", help="export a task file as a plain model of the backbone's own class",
+                                 description="Load TASKFILE over the backbone, bake the task's masks into its weights "
+                                 "and write it as a plain model (the backbone's class, the task's batchnorm and head): "
+                                 "a safetensors state dict, TorchScript, a torch.export program (pt2) or ONNX. The "
+                                 "written file is loaded back and its largest output difference to the network is "
+                                 "printed (ONNX: where onnxruntime is installed).")
+    export.add_argument("task_file", metavar="TASKFILE", help="a task file written by save_task")
+    export.add_argument("output", metavar="OUT", help="the file to write")
+    export.add_argument("--backbone", required=True, metavar="NAME", help="the backbone the task was trained on: "
+                        "tiny or a torchvision classifier (resnet50, vgg16, ...)")
+    export.add_argument("--weights", default="DEFAULT", metavar="WEIGHTS",
+                        help="the backbone's weights: a weights name (default DEFAULT; torchvision's e.g. "
+                        "IMAGENET1K_V2, read from the torch cache, never downloaded), a weights file, or none "
+                        "(random weights)")
+    export.add_argument("--format", required=True, metavar="FORMAT", help="safetensors, torchscript, pt2 or onnx")
+    export.add_argument("--image-size", type=int, metavar="N", help="the image size traced and checked "
+                        "(default: 32 for tiny, else 224)")
+    export.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return parser
 
 
@@ -108,7 +129,25 @@ def _claims(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"batch": _batch, "report": _report, "claims": _claims}
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_task_file
+    from .storage import TaskFileError
+
+    try:
+        weights = None if args.weights.lower() == "none" else args.weights
+        result = export_task_file(args.task_file, args.output, backbone=args.backbone, weights=weights,
+                                  fmt=args.format, image_size=args.image_size, force=args.force)
+    except (TaskFileError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"piggylab export: error: {exc}", file=sys.stderr)
+        return 2
+    checked = ("not checked (onnxruntime is not installed)" if result.max_difference is None
+               else f"largest output difference to the network: {result.max_difference:.3g}")
+    print(f"task {result.task!r} ({result.num_classes} classes) written to {result.path} "
+          f"({result.format}, {result.bytes:,} bytes); {checked}")
+    return 0
+
+
+COMMANDS = {"batch": _batch, "report": _report, "claims": _claims, "export": _export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

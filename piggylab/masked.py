@@ -6,7 +6,8 @@ What this is, top to bottom:
    has a real-valued *score* s; the mask is ``s > tau`` (binary) or {-1, 0, 1} (ternary); the
    scores start by one of the paper's init schemes.
 2. `pack_mask` / `unpack_mask`: a frozen mask in 1 bit per weight (ternary: 2 bits), the form
-   a trained task keeps in memory and in its task file.
+   a trained task keeps in memory and in its task file; `unpack_mask_into` unpacks one
+   into a weight-sized buffer (a switch's merged weight): no unpacked mask is kept.
 3. Two autograd Functions, both with the straight-through gradient ``dL/ds = dL/dW_eff * W``:
    `MaskedLayerFunction` computes a whole conv or linear layer on ``W * mask(s)`` and remakes
    that masked weight in backward instead of keeping it (so training a mask costs the memory
@@ -19,6 +20,10 @@ What this is, top to bottom:
    `MaskedAttention` wraps an `nn.MultiheadAttention`, which reads its projection weights
    inside its own forward: there, and only there, the `TaskMasks` are registered as
    `torch.nn.utils.parametrize` parametrizations of those weights.
+6. ``samples_apart``: a switch of each layer under which it computes each sample of a batch
+   exactly as a batch of that sample alone (CPU kernels are not batch-invariant: a linear
+   layer or a convolution rounds a sample differently in a batch than alone). The network
+   sets it while it serves a batch that mixes tasks (`piggylab.tasks`).
 
 What this is not: it knows nothing of networks, task names beyond dictionary keys, training
 loops or files. Which task is active is set from outside (`TaskMasks.activate`), by the
@@ -28,10 +33,13 @@ network that owns the layers (`piggylab.piggyback`).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -157,6 +165,41 @@ def unpack_mask(packed: Tensor, kind: str, shape: tuple[int, ...]) -> Tensor:
         return bits.view(-1)[:count].view(shape)
     codes = (packed.unsqueeze(1) >> _CODE_SHIFTS.to(packed.device)) & 3
     return (codes.view(-1)[:count].to(torch.int8) - 1).view(shape)
+
+
+_UNPACK_TABLES: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+
+def _unpack_table(kind: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Row b: the mask values byte b packs (8 binary or 4 ternary), as `dtype` on `device`."""
+    key = (kind, dtype, device)
+    if key not in _UNPACK_TABLES:
+        _UNPACK_TABLES[key] = unpack_mask(torch.arange(256, dtype=torch.uint8), kind,
+                                          (256, 8 if kind == "binary" else 4)).to(dtype=dtype, device=device)
+    return _UNPACK_TABLES[key]
+
+
+def unpack_mask_into(out: Tensor, packed: Tensor, kind: str) -> Tensor:
+    """`out` (contiguous) filled with the mask `pack_mask` packed, as values of its own dtype:
+    0/1 (binary) or -1/0/1 (ternary). A binary mask on the CPU goes through numpy's SIMD
+    `unpackbits` (a byte per weight for a moment, then converted into `out`); elsewhere one
+    table lookup per packed byte writes `out` directly (`benchmarks/RESULTS.md` compares them)."""
+    if kind == "binary" and out.device.type == "cpu" and packed.device.type == "cpu":
+        bits = np.unpackbits(packed.numpy(), count=out.numel())
+        return out.copy_(torch.from_numpy(bits).view(out.shape))
+    return unpack_by_table(out, packed, kind)
+
+
+def unpack_by_table(out: Tensor, packed: Tensor, kind: str) -> Tensor:
+    """`unpack_mask_into` by one table lookup per packed byte, on any device."""
+    table = _unpack_table(kind, out.dtype, out.device)
+    per_byte = table.shape[1]
+    flat = out.view(-1)
+    full = flat.numel() // per_byte
+    torch.index_select(table, 0, packed[:full].int(), out=flat[: full * per_byte].view(full, per_byte))
+    if full * per_byte < flat.numel():  # the last, partly filled byte
+        flat[full * per_byte :] = table[packed[full].long()][: flat.numel() - full * per_byte]
+    return out
 
 
 def packed_size(numel: int, kind: str) -> int:
@@ -316,11 +359,13 @@ class TaskMasks(nn.Module):
             self.merged = None
             return
         with torch.no_grad():
-            mask = unpack_mask(self.packed[task], config.kind, self.shape)
             merged = self.merged
             if merged is None or (merged.shape, merged.device, merged.dtype) != (weight.shape, weight.device, weight.dtype):
-                self.merged = torch.empty_like(weight)
-            torch.mul(weight, mask, out=self.merged)
+                self.merged = merged = torch.empty_like(weight)
+            if merged.is_contiguous():  # the mask unpacked straight into the buffer, then W multiplied in
+                unpack_mask_into(merged, self.packed[task], config.kind).mul_(weight)
+            else:
+                torch.mul(weight, unpack_mask(self.packed[task], config.kind, self.shape), out=merged)
 
     def training_scores(self) -> Tensor | None:
         """The active task's scores if they are being trained now (they need a gradient)."""
@@ -359,6 +404,8 @@ class MaskedLayer(nn.Module):
     """
 
     base_layer: nn.Module
+    samples_apart: bool = False
+    """Compute each sample of a batch exactly as alone (section 6); set by the owning network."""
 
     def masked_weights(self) -> dict[str, tuple[TaskMasks, Tensor]]:
         raise NotImplementedError
@@ -397,16 +444,23 @@ class _MaskedWeightLayer(MaskedLayer):
         return {"weight": (self.masks, self.base_layer.weight)}
 
     def compute(self, x: Tensor, weight: Tensor) -> Tensor:
-        """The layer on `x` with `weight` (and the base layer's bias)."""
+        """The layer on `x` with `weight` (and the base layer's bias); with ``samples_apart``,
+        each sample exactly as alone."""
         bias = self.base_layer.bias
-        return F.linear(x, weight, bias) if self.conv is None else F.conv2d(x, weight, bias, *self.conv)
+        if self.conv is None:
+            if self.samples_apart and x.dim() > 1 and len(x) > 1:
+                return each_sample(lambda part: F.linear(part, weight, bias), x)
+            return F.linear(x, weight, bias)
+        if self.samples_apart and x.dim() == 4 and len(x) > 1:
+            return conv2d_samples_apart(x, weight, bias, self.conv)
+        return F.conv2d(x, weight, bias, *self.conv)
 
     def forward(self, x: Tensor) -> Tensor:
         masks, base = self.masks, self.base_layer
         if masks.merged is not None:  # a frozen task: its merged weight, as fast as the plain layer
             return self.compute(x, masks.merged)
         scores = masks.training_scores()
-        if scores is None:
+        if scores is None or self.samples_apart:  # (apart: plain autograd, no fused layer)
             return self.compute(x, masks.weight(base.weight))
         unbatched = self.conv is not None and x.dim() == 3
         out = MaskedLayerFunction.apply(x.unsqueeze(0) if unbatched else x, base.weight, scores, base.bias,
@@ -469,7 +523,35 @@ class MaskedAttention(MaskedLayer):
         return weights
 
     def forward(self, *args, **kwargs):
+        if self.samples_apart:
+            return self._samples_apart(*args, **kwargs)
         return self.base_layer(*args, **kwargs)
+
+    def _samples_apart(self, *args, **kwargs):
+        """The attention of each sample of a batch alone (``samples_apart``), joined again."""
+        call = _ATTENTION_SIGNATURE.bind(self.base_layer, *args, **kwargs)
+        call.apply_defaults()
+        given = call.arguments
+        dim = 0 if self.base_layer.batch_first else 1
+        query = given["query"]
+        if query.dim() < 3 or query.shape[dim] < 2:
+            return self.base_layer(*args, **kwargs)
+        heads = self.base_layer.num_heads
+        outputs, weights = [], []
+        for i in range(query.shape[dim]):
+            one = {name: value for name, value in given.items() if name != "self"}
+            parts: dict[int, Tensor] = {}  # self-attention passes one tensor thrice: keep it one
+            for name in ("query", "key", "value"):
+                one[name] = parts.setdefault(id(given[name]), given[name].narrow(dim, i, 1))
+            if given["key_padding_mask"] is not None:
+                one["key_padding_mask"] = given["key_padding_mask"][i : i + 1]
+            mask = given["attn_mask"]
+            if mask is not None and mask.dim() == 3:
+                one["attn_mask"] = mask[i * heads : (i + 1) * heads]
+            output, weight = self.base_layer(**one)
+            outputs.append(output)
+            weights.append(weight)
+        return torch.cat(outputs, dim), None if weights[0] is None else torch.cat(weights)
 
     def unwrap(self) -> nn.MultiheadAttention:
         """A new `nn.MultiheadAttention` of the same settings holding the active task's weights."""
@@ -487,6 +569,9 @@ class MaskedAttention(MaskedLayer):
         return plain
 
 
+_ATTENTION_SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
+
+
 def wrap_layer(module: nn.Module, make_masks: Callable[[tuple[int, ...]], nn.Module] = TaskMasks
                ) -> MaskedLayer | None:
     """The masked wrapper of `module` if Piggyback masks it, else None: every `nn.Conv2d`,
@@ -499,3 +584,57 @@ def wrap_layer(module: nn.Module, make_masks: Callable[[tuple[int, ...]], nn.Mod
     if isinstance(module, nn.Linear):
         return MaskedLinear(module, make_masks)
     return None
+
+
+# -- 6. a batch computed as its samples alone ------------------------------------------------------
+# With ``samples_apart`` set, a layer computes each sample of a batch exactly, bit for bit, as it
+# computes a batch of that sample alone: convolutions run batched on the kernel a single sample
+# gets (`conv2d_samples_apart`); linear layers and attention, whose matrix products round
+# differently with the number of rows, run sample by sample. Elementwise and per-sample layers
+# (batchnorm in eval mode, activations, pooling, layer norm) need nothing. A training task's
+# layers compute through plain autograd then (no fused layer): the same gradients, more memory.
+
+_BATCH_INVARIANT_CONVS = ("Slow2d", "Mkldnn")
+"""CPU convolution kernels that compute each sample of a batch as a batch of it alone:
+`Slow2d` by construction (one matrix product per sample, of the same shape whatever the
+batch), oneDNN's (`Mkldnn`) as measured (`tests/test_many_tasks.py` checks it on every
+run). PyTorch picks between them by the batch size, among other things, so a sample alone and
+the same sample in a batch can meet different kernels: `conv2d_samples_apart` makes the batch
+meet the sample's."""
+
+
+def each_sample(layer: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """`layer` on each sample of `x` (along dim 0) alone, the results joined in order."""
+    return torch.cat([layer(part) for part in x.split(1)])
+
+
+@contextmanager
+def _cpu_kernels(mkldnn: bool, nnpack: bool) -> Iterator[None]:
+    """PyTorch's oneDNN and NNPACK convolutions allowed or not, then as they were."""
+    before = torch._C._get_mkldnn_enabled(), torch._C._get_nnpack_enabled()
+    torch._C._set_mkldnn_enabled(mkldnn and before[0])
+    torch._C._set_nnpack_enabled(nnpack and before[1])
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(before[0])
+        torch._C._set_nnpack_enabled(before[1])
+
+
+def _conv_backend(x: Tensor, weight: Tensor, bias: Tensor | None, conv: tuple) -> str:
+    stride, padding, dilation, groups = conv
+    return torch._C._select_conv_backend(x, weight, bias, list(stride), list(padding), list(dilation), False,
+                                          [0, 0], groups, None).name
+
+
+def conv2d_samples_apart(x: Tensor, weight: Tensor, bias: Tensor | None, conv: tuple) -> Tensor:
+    """``F.conv2d(x, weight, bias, *conv)`` with each sample exactly as ``F.conv2d`` gives it
+    alone: one batched call on the kernel a single sample gets, where that kernel is
+    batch-invariant (`_BATCH_INVARIANT_CONVS`) and the batch can be made to meet it (a sample
+    on `Slow2d` keeps the batch off oneDNN and NNPACK); else sample by sample."""
+    alone = _conv_backend(x[:1], weight, bias, conv)
+    if alone in _BATCH_INVARIANT_CONVS:
+        with _cpu_kernels(mkldnn=alone == "Mkldnn", nnpack=False):
+            if _conv_backend(x, weight, bias, conv) == alone:
+                return F.conv2d(x, weight, bias, *conv)
+    return each_sample(lambda part: F.conv2d(part, weight, bias, *conv), x)

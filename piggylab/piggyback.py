@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_choice
-from .masked import MaskConfig, TaskMasks
+from .masked import MaskConfig, TaskMasks, pack_mask, packed_size
 from .tasks import BN_MODES, MultiTaskNet, Task
 
 METHODS = ("piggyback", "finetune", "classifier")
@@ -59,22 +59,31 @@ class PiggybackNet(MultiTaskNet):
 
     # -- tasks -------------------------------------------------------------------------------
     def add_task(self, task: str, num_classes: int, *, mask: MaskConfig | None = None, task_bn: bool = False,
-                 class_names: Sequence[str] | None = None, activate: bool = True,
-                 seed: int | None = None) -> PiggybackTask:
-        """Add a task with a fresh head and fresh scores; by default it becomes the active task.
+                 class_names: Sequence[str] | None = None, activate: bool = True, seed: int | None = None,
+                 masks: dict[str, Tensor] | None = None, packed: bool = False) -> PiggybackTask:
+        """Add a task with a fresh head; by default it becomes the active task.
 
-        With the default `MaskConfig` (binary, tau 5e-3, constant init 1e-2) the mask starts all
-        ones, i.e. the new task starts from the pretrained network (paper §3). With a `seed`,
-        the head and scores are drawn from their own RNG, so a task starts the same whatever
-        tasks were added before it.
+        Without `masks` the task gets fresh scores to train. With the default `MaskConfig`
+        (binary, tau 5e-3, constant init 1e-2) the mask starts all ones, i.e. the new task
+        starts from the pretrained network (paper §3). With a `seed`, the head and scores are
+        drawn from their own RNG, so a task starts the same whatever tasks were added before it.
+
+        With `masks` (per masked weight, as `set_masks` takes them; ``packed=True``: their
+        packed bytes) the task is added frozen, straight into its packed form: no scores are
+        ever made for it (a task file or another network's task, `piggylab.storage.load_task`).
+        The masks are checked before anything is added.
         """
         mask = mask or MaskConfig()
+        streams = None if masks is None else self._packed_streams(masks, mask.kind, packed)
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            info = self.new_task(task, num_classes, class_names, mask=mask)
-            for _, masks, weight in self.masked_weights():
-                masks.add_task(task, mask, weight)
+            info = self.new_task(task, num_classes, class_names, mask=mask, frozen=streams is not None)
+            for i, (_, layer_masks, weight) in enumerate(self.masked_weights()):
+                if streams is None:
+                    layer_masks.add_task(task, mask, weight)
+                else:
+                    layer_masks.set_packed(task, streams[i])
         if task_bn:
             self.add_task_bn(task)
         if activate or self.active_task is None:
@@ -111,26 +120,31 @@ class PiggybackNet(MultiTaskNet):
             raise ValueError(f"task {task!r} still has scores; freeze it first (freeze_task)")
         return {layer: masks.packed[task] for layer, masks, _ in self.masked_weights()}
 
+    def _packed_streams(self, masks: dict[str, Tensor], kind: str, packed: bool) -> list[Tensor]:
+        """Per masked weight, in order, the packed bytes of `masks` (`set_masks`' argument), on the
+        weight's device; every mask is checked first (a KeyError or ValueError names the first bad one)."""
+        missing = [layer for layer in self.masked_layers if layer not in masks]
+        if missing:
+            raise KeyError(f"no mask for {len(missing)} masked layer(s), e.g. {missing[0]!r}")
+        for layer, _, weight in self.masked_weights():
+            given = masks[layer]
+            expected = (packed_size(weight.numel(), kind),) if packed else tuple(weight.shape)
+            if tuple(given.shape) != expected:
+                what = "packed mask" if packed else "mask"
+                raise ValueError(f"{what} for {layer} has shape {tuple(given.shape)}, expected {expected}")
+        streams = []
+        for layer, _, weight in self.masked_weights():
+            given = masks[layer].to(weight.device)
+            streams.append(given if packed else pack_mask(given, kind))
+        return streams
+
     def set_masks(self, task: str, masks: dict[str, Tensor], *, packed: bool = False) -> None:
         """Fix the task's masks and freeze it (for loading): bool/{0, 1} (binary) or {-1, 0, 1}
         (ternary) tensors shaped like the weights, or with ``packed=True`` their packed bytes.
         Every mask is checked before any is set, so a bad one leaves the task as it was."""
-        from .masked import pack_mask, packed_size
-
         info = self.check_task(task)
-        missing = [layer for layer in self.masked_layers if layer not in masks]
-        if missing:
-            raise KeyError(f"no mask for {len(missing)} masked layer(s), e.g. {missing[0]!r}")
-        checked = []
-        for layer, layer_masks, weight in self.masked_weights():
-            given = masks[layer]
-            expected = (packed_size(weight.numel(), info.mask.kind),) if packed else tuple(weight.shape)
-            if tuple(given.shape) != expected:
-                what = "packed mask" if packed else "mask"
-                raise ValueError(f"{what} for {layer} has shape {tuple(given.shape)}, expected {expected}")
-            given = given.to(weight.device)
-            checked.append((layer_masks, given if packed else pack_mask(given, info.mask.kind)))
-        for layer_masks, stream in checked:
+        streams = self._packed_streams(masks, info.mask.kind, packed)
+        for (_, layer_masks, _), stream in zip(self.masked_weights(), streams):
             layer_masks.set_packed(task, stream)
         info.frozen = True
         if self.active_task == task:

@@ -183,6 +183,28 @@ def gallery(tasks: Sequence[str] | None = None, per_task: int = 8, seed: int = 0
     return fig
 
 
+def overlap_heatmap(overlap: Any, *, layer: str = "overall",
+                    title: str = "Switched-off weights shared by two tasks (Jaccard index)") -> go.Figure:
+    """Task x task heatmap of the Jaccard index of the tasks' switched-off weights, with the
+    value expected by chance in the hover text.
+
+    `overlap`: `piggylab.analysis.mask_overlap`'s result; `layer`: one masked layer, or
+    ``"overall"`` (every masked weight). The diagonal is 1 (blank for a task with no zeros there).
+    """
+    grid, chance = overlap.matrix(layer), overlap.matrix(layer, "chance")
+    text = [[("" if pd.isna(v) else f"{v:.2f}") for v in row] for row in grid.to_numpy()]
+    hover = [[f"{a} / {b}<br>Jaccard {'-' if pd.isna(v) else f'{v:.3f}'}<br>by chance "
+              f"{'-' if pd.isna(c) or a == b else f'{c:.3f}'}" for b, v, c in zip(grid.columns, row, crow)]
+             for a, row, crow in zip(grid.index, grid.to_numpy(), chance.to_numpy())]
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=list(grid.columns), y=list(grid.index), zmin=0, zmax=1,
+                               colorscale="Blues", colorbar=dict(title="Jaccard"), text=text, texttemplate="%{text}",
+                               customdata=hover, hovertemplate="%{customdata}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title if layer == "overall" else f"{title}: {layer}", height=150 + 45 * len(grid),
+                      width=max(480, 90 * len(grid) + 260))
+    return fig
+
+
 class LiveCurve:
     """Training curves that redraw while tasks train.
 

@@ -200,11 +200,9 @@ def load_task(net: PiggybackNet, path: str | Path, *, task: str | None = None) -
         chunk = stream[entry["offset"] : entry["offset"] + entry["nbytes"]]
         masks[entry["name"]] = chunk.clone() if packed else torch.from_numpy(decode_mask(
             chunk.numpy(), entry, config.kind, meta["format"], int(np.prod(entry["shape"]))).reshape(entry["shape"]))
-    task_bn = json.loads(meta["task_bn"])
-    net.add_task(task, int(meta["num_classes"]), mask=config, task_bn=task_bn,
-                 class_names=json.loads(meta["class_names"]), activate=False)
+    net.add_task(task, int(meta["num_classes"]), mask=config, task_bn=json.loads(meta["task_bn"]),
+                 class_names=json.loads(meta["class_names"]), activate=False, masks=masks, packed=packed)
     try:
-        net.set_masks(task, masks, packed=packed)
         net.load_task_state(task, {k: v for k, v in tensors.items() if k != "mask"})
     except BaseException:
         net.remove_task(task)

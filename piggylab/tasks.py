@@ -25,6 +25,7 @@ import copy
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checks import positive_int
-from .masked import MaskedLayer, TaskMasks, wrap_layer
+from .masked import MaskedLayer, TaskMasks, each_sample, wrap_layer
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -58,9 +59,13 @@ class TaskHeads(nn.Module):
         self.in_features = in_features
         self.heads = nn.ModuleDict()
         self.active: str | None = None
+        self.samples_apart = False  # each sample as alone (`piggylab.masked`, section 6)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.heads[self.active](x)
+        head = self.heads[self.active]
+        if self.samples_apart and x.dim() > 1 and len(x) > 1:
+            return each_sample(head, x)
+        return head(x)
 
 
 class TaskBatchNorm(nn.Module):
@@ -188,6 +193,7 @@ class MultiTaskNet(nn.Module):
         if not self._layers:
             raise ValueError("the model has no Conv2d, Linear or MultiheadAttention layer besides its classifier")
         self.backbone = backbone
+        self._batchnorms = [(name, m) for name, m in backbone.named_modules() if isinstance(m, TaskBatchNorm)]
         self.backbone_name = backbone_name
         wrapped = {plain_names[id(t)]: k for k, t in backbone.state_dict(keep_vars=True).items() if id(t) in plain_names}
         self._backbone_keys = [(plain, wrapped[plain]) for plain in plain_names.values() if plain in wrapped]
@@ -220,9 +226,9 @@ class MultiTaskNet(nn.Module):
         return self.backbone.get_submodule(self.classifier_name)
 
     def batchnorms(self) -> Iterator[tuple[str, TaskBatchNorm]]:
-        for name, module in self.backbone.named_modules():
-            if isinstance(module, TaskBatchNorm):
-                yield name, module
+        """(name, layer) of every batchnorm layer, in module order (listed once, at wrapping:
+        a switch walks this list, not the module tree)."""
+        return iter(self._batchnorms)
 
     @property
     def num_masked_weights(self) -> int:
@@ -346,44 +352,70 @@ class MultiTaskNet(nn.Module):
             raise RuntimeError("no active task: add one with add_task(...) or choose one with set_task(...)")
         return self.backbone(x)
 
-    def forward_tasks(self, x: Tensor, tasks: Sequence[str]) -> list[Tensor]:
-        """Each sample's logits under its own task (``tasks[i]`` for ``x[i]``), in input order.
+    @contextmanager
+    def keeping_active_task(self) -> Iterator[None]:
+        """Whatever tasks are switched to within, the task active before is active again after."""
+        before = self.active_task
+        try:
+            yield
+        finally:
+            if before is not None and before != self.active_task and before in self.tasks:
+                self.set_task(before)
 
-        Samples are grouped by task, so each task runs one pass over its samples; every
-        result equals ``set_task(t); net(x[i:i + 1])``. Unknown tasks are refused before
+    @contextmanager
+    def samples_apart(self) -> Iterator[None]:
+        """Within it, every layer computes each sample of a batch exactly, bit for bit, as a
+        batch of that sample alone (``samples_apart`` of the masked layers and the heads)."""
+        layers = [*self._layers.values(), self.heads]
+        for layer in layers:
+            layer.samples_apart = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.samples_apart = False
+
+    def forward_tasks(self, x: Tensor, tasks: Sequence[str]) -> list[Tensor]:
+        """Each sample's logits under its own task (``tasks[i]`` for ``x[i]``), as a list in
+        input order (heads differ in size).
+
+        Samples are grouped by task: one switch and one pass per task, its samples batched.
+        Within a pass each sample is computed exactly as alone (`samples_apart`),
+        so in eval mode every result equals ``set_task(t); net(x[i:i + 1])[0]`` bit for bit.
+        Unknown tasks, and a task list of another length than the batch, are refused before
         anything runs. The active task is the same afterwards.
         """
         tasks = list(tasks)
         if len(tasks) != len(x):
             raise ValueError(f"{len(tasks)} task names for {len(x)} samples; give one per sample")
         self.check_tasks(tasks)
-        before, out = self.active_task, [None] * len(tasks)
-        try:
-            for name in dict.fromkeys(tasks):
-                index = [i for i, t in enumerate(tasks) if t == name]
-                self.set_task(name)
+        groups: dict[str, list[int]] = {}
+        for i, task in enumerate(tasks):
+            groups.setdefault(task, []).append(i)
+        out: list[Tensor] = [None] * len(tasks)  # type: ignore[list-item]
+        with self.keeping_active_task(), self.samples_apart():
+            for task, index in groups.items():
+                self.set_task(task)
                 for i, logits in zip(index, self(x[index])):
                     out[i] = logits
-        finally:
-            if before is not None and before != self.active_task:
-                self.set_task(before)
         return out
 
     @torch.no_grad()
     def predict(self, x: Tensor, tasks: Sequence[str]) -> Tensor:
-        """Each sample's predicted class under its own task, in input order (`forward_tasks`)."""
+        """Each sample's predicted class index under its own task, in input order (`forward_tasks`)."""
         return torch.stack([logits.argmax() for logits in self.forward_tasks(x, tasks)])
 
     def plain_model(self, task: str) -> nn.Module:
         """A plain model of the backbone's own class computing `task`: its weights baked
-        in, its BN (own or shared) and its head as the classifier; frozen, on the same device.
-        The network is unchanged (but `task` becomes the active task)."""
-        self.set_task(task)
-        memo: dict[int, nn.Module] = {id(wrapper): wrapper.unwrap() for wrapper in self._layers.values()}
-        for _, bn in self.batchnorms():
-            memo[id(bn)] = copy.deepcopy(bn.for_task(task))
-        memo[id(self.heads)] = copy.deepcopy(self.heads.heads[task])
-        model = copy.deepcopy(self.backbone, memo)
+        in, its BN (own or shared) and its head as the classifier; frozen, on the same device,
+        in this network's training mode. The network is unchanged."""
+        with self.keeping_active_task():
+            self.set_task(task)
+            memo: dict[int, nn.Module] = {id(wrapper): wrapper.unwrap() for wrapper in self._layers.values()}
+            for _, bn in self.batchnorms():
+                memo[id(bn)] = copy.deepcopy(bn.for_task(task))
+            memo[id(self.heads)] = copy.deepcopy(self.heads.heads[task])
+            model = copy.deepcopy(self.backbone, memo)
         return model.requires_grad_(False)
 
     def individual_network(self, task: str) -> nn.Module:

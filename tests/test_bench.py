@@ -13,7 +13,7 @@ import piggylab as pl
 from piggylab import bench
 from piggylab.masked import MaskConfig, MaskedConv2d, MaskedLinear, StraightThroughMask
 
-SECTIONS = ("train_step", "train_memory", "storage", "task_switch", "inference")
+SECTIONS = ("train_step", "train_memory", "storage", "task_switch", "inference", "tasks")
 
 
 def numbers(tree):
@@ -36,6 +36,12 @@ def test_quick_bench_writes_every_section(tmp_path):
     measured += [row[key] for section, key in [("train_step", "ratio_to_finetune"), ("train_memory", "ratio_to_finetune"),
                                              ("inference", "throughput_ratio_to_plain")] for row in result[section]]
     assert measured and all(n > 0 for n in numbers(measured))
+    for row in result["tasks"]:
+        memory = row["memory"]  # frozen tasks: their packed masks and heads, tensors and resident set alike
+        assert memory["tensor_bytes"] == memory["packed_bytes"] + memory["head_bytes"]
+        assert memory["one_bit_bytes"] <= memory["packed_bytes"] < memory["one_bit_bytes"] + memory["masked_layers"]
+        assert 0 < memory["rss_bytes"] < memory["byte_per_weight_bytes"] / 2  # nowhere near a byte per weight
+        assert all(n > 0 for b in row["mixed_batch"] for n in numbers([b["images_per_s"], b["speedup_over_one_by_one"]]))
     for row in result["storage"]:
         padding = row["packed_bits_per_weight"] * row["masked_weights"] - row["masked_weights"]
         assert 0 <= padding < 8 * row["masked_layers"]  # exactly 1 bit per weight, up to a byte per layer
