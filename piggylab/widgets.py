@@ -34,7 +34,7 @@ A click starts a worker thread and returns at once, so the kernel stays free: ot
 and Stop is heard while a run trains. The worker updates the widgets and figures itself
 (ipywidgets send their changes as comm messages, which a thread may do in ipykernel >= 6): the
 live curve, a plotly ``FigureWidget``, point by point, at most every `refresh_s` seconds and at
-each epoch's end; the other figures, plain plotly figures, are drawn whole into an
+the run's end; the other figures, plain plotly figures, are drawn whole into an
 ``ipywidgets.Output`` after each change (a ``FigureWidget`` carries plotly.js, about 5 MB, in its
 widget state, which a reloaded page must fetch again for every one of them). Stop asks
 the trainer to end after the current step (`piggylab.train.Trainer.stop`); the run is recorded
@@ -53,14 +53,14 @@ its mask. Two explorers writing to one folder at the same time would overwrite e
 What it is not
 --------------
 Not a training library (it calls `piggylab.experiments.run`), not a queue (one job at a
-time), and not the notebooks' result writer (`piggylab.notebook.Lab` writes those).
+time), and not the notebooks' result writer (`piggylab.notebook.Lab` writes those). How its
+figures look, and how a result is drawn in them, is `piggylab.explorer_figures`'.
 """
 
 from __future__ import annotations
 
 import functools
 import html
-import json
 import itertools
 import math
 import re
@@ -74,19 +74,18 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
-import torch
 from plotly.colors import qualitative
-from plotly.subplots import make_subplots
 from torch import nn
 
 from .analysis import SPARSITY_COLUMNS, layer_sparsity
 from .backbones import TINY_CHECKPOINT, load_backbone
 from .datasets import EMBEDDED_TASKS, TaskData, load_data, make_loaders
 from .experiments import RunSpec, run, train_config
+from .explorer_figures import (curve_layout, display_data, draw_growth, draw_mask, draw_sparsity, fill_sweep_cell,
+                               growth_layout, mask_layout, runs_html, sparsity_layout, start_sweep, store_view_state,
+                               sweep_layout)
 from .io import atomic_write_bytes
 from .masked import DEFAULT_SCALE, DEFAULT_THRESHOLD, INIT_SCHEMES, MASK_KINDS, MaskConfig
 from .piggyback import BN_MODES, METHODS, PiggybackNet
@@ -125,10 +124,6 @@ RUN_COLUMNS = ["run", "sweep", "sweep_values", "status", "task", "method", "mask
 method does not use are left empty. ``sweep``: the sweep a run belongs to (empty for a single run),
 ``sweep_values`` its cell (``lr_scores=0.001, threshold=0.005``)."""
 
-SHOWN_COLUMNS = ["run", "sweep", "status", "task", "method", "mask_kind", "init", "init_scale", "threshold", "lr",
-                 "lr_scores", "epochs", "bn_mode", "steps", "val_accuracy", "accuracy", "sparsity", "train_s", "error"]
-"""The runs table's columns on screen."""
-
 LAYER_COLUMNS = ["run", *SPARSITY_COLUMNS]
 GROWTH_COLUMNS = ["run", "epoch", "step", *SPARSITY_COLUMNS]
 """`Explorer.growth`: each layer's sparsity at each epoch's end (``epoch``: a fraction for a stopped
@@ -136,11 +131,8 @@ run's last, partial epoch)."""
 
 RUNS_FILE, LAYERS_FILE, GROWTH_FILE = "runs.csv", "layers.csv", "growth.csv"
 
-MAX_MASK_CELLS = 150_000
-"""At most this many mask entries are drawn (the first filters of a larger layer)."""
-
-MAX_GROWTH_LINES = 12
-"""The growth chart draws a line per layer up to this many layers, else per group of layers."""
+STATE_EVERY_S = 5.0
+"""While a run trains, the live curve's whole widget state is stored at most this often."""
 
 
 class ExplorerBusy(RuntimeError):
@@ -321,6 +313,7 @@ class _Job:
 
     what: str
     stop: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
@@ -344,6 +337,7 @@ class _LiveRun:
     accuracies: list[float] = field(default_factory=list)
     growth: list[dict[str, Any]] = field(default_factory=list)
     last_draw: float = 0.0
+    last_state: float = 0.0
 
     def progress(self, stopping: bool) -> str:
         total = self.steps_per_epoch * self.settings.epochs
@@ -447,19 +441,19 @@ class Explorer:
         self.sweep_button = widgets.Button(description="Sweep", button_style="info", icon="th",
                                            tooltip="train every combination of the knobs' values, one after another")
         self.status = widgets.HTML()
-        self.curve = go.FigureWidget(_curve_layout())
-        self.sweep_figure = _sweep_layout()
-        self.sparsity_figure = _sparsity_layout()
+        self.curve = go.FigureWidget(curve_layout())
+        self.sweep_figure = sweep_layout()
+        self.sparsity_figure = sparsity_layout()
         self.mask_run = widgets.Dropdown(description="Run", style={"description_width": "60px"})
         largest = max(self.net.masked_layers, key=lambda name: self.net.original_weight(name).numel())
         self.mask_layer = widgets.Dropdown(options=list(self.net.masked_layers), value=largest,
                                            description="Layer", style={"description_width": "60px"})
-        self.mask_figure = _mask_layout()
-        self.growth_figure = _growth_layout()
+        self.mask_figure = mask_layout()
+        self.growth_figure = growth_layout()
         self._views = {name: (figure, widgets.Output()) for name, figure in (  # each drawn whole in an output
             ("sweep_figure", self.sweep_figure), ("sparsity", self.sparsity_figure), ("mask", self.mask_figure),
             ("growth", self.growth_figure))}
-        self.runs_table = widgets.HTML(value=_runs_html(self.runs))
+        self.runs_table = widgets.HTML(value=runs_html(self.runs))
         self.widget = self._assemble(backbone_note)
 
         self.train_button.on_click(lambda _button: self.train(wait=False))
@@ -507,14 +501,14 @@ class Explorer:
         return box
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
-        _store_view_state(self.curve)
+        store_view_state(self.curve)
         return self.widget._repr_mimebundle_(**kwargs)
 
     def _render(self, *names: str) -> None:
         """Draw the figures `names` (parts of `CSS_CLASSES`) anew in their outputs."""
         for name in names:
             figure, output = self._views[name]
-            output.outputs = (_display_data(figure),)
+            output.outputs = (display_data(figure),)
 
     def _enable_method_settings(self) -> None:
         method = self.controls["method"].value
@@ -587,7 +581,7 @@ class Explorer:
     def busy(self) -> bool:
         """Whether a run or a sweep is training."""
         job = self._job
-        return job is not None and job.thread is not None and job.thread.is_alive()
+        return job is not None and not job.ended.is_set()
 
     def train(self, *, wait: bool = True, raise_errors: bool = False) -> dict[str, Any] | None:
         """Train a new task with the current settings in the background; what Train does.
@@ -625,12 +619,11 @@ class Explorer:
             sweep, base = self._read_sweep()
         except (TypeError, ValueError) as exc:
             return self._refuse(exc, wait)
-        number = next(self._sweep_numbers)
-        self._start(f"sweep #{number}", lambda job: self._sweep(job, number, sweep, base))
+        job = self._start(f"a sweep of {html.escape(sweep.describe())}", lambda job: self._sweep(job, sweep, base))
         if not wait:
             return None
         self.wait(raise_errors=raise_errors)
-        return self.sweep_table(number) if (self.runs["sweep"] == number).any() else None
+        return self.sweep_table(job.rows[0]["sweep"]) if job.rows else None
 
     def _refuse(self, exc: Exception, raise_it: bool) -> None:
         """Bad input: shown in the status line, and raised for a caller that waits (not a click)."""
@@ -663,16 +656,16 @@ class Explorer:
         return not job.thread.is_alive()
 
     def _start(self, what: str, work: Callable[[_Job], None]) -> _Job:
-        with self._lock:
+        with self._lock:  # one job at a time: checked and started as one step
             if self.busy:
                 raise ExplorerBusy(f"the explorer is training {self._job.what}: press Stop, or wait for it "
                                    "(explorer.wait()), before starting another")
             job = self._job = _Job(what)
-        self.error = None
-        self._set_running(True)
-        job.thread = threading.Thread(target=self._work, args=(job, work), name=f"piggylab explorer: {what}",
-                                      daemon=True)
-        job.thread.start()
+            job.thread = threading.Thread(target=self._work, args=(job, work), name=f"piggylab explorer: {what}",
+                                          daemon=True)
+            self.error = None
+            self._set_running(True)
+            job.thread.start()
         return job
 
     def _work(self, job: _Job, work: Callable[[_Job], None]) -> None:
@@ -682,8 +675,10 @@ class Explorer:
             job.errors.append(exc)
             self._show_error(exc)
         finally:
-            _store_view_state(self.curve)
-            self._set_running(False)
+            store_view_state(self.curve)
+            with self._lock:  # the buttons come back with the job's end, before another can start
+                job.ended.set()
+                self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
         self.train_button.disabled = self.sweep_button.disabled = running
@@ -710,6 +705,7 @@ class Explorer:
             data = self._data(settings.task)
             loaders = make_loaders(data, self.batch_size, seed=self.seed)
             if job.stop.is_set():
+                self._set_status(f"{prefix}stopped: run #{number} was stopped before it started")
                 return None
             live = self._start_curve(number, task, settings, len(loaders[0]), prefix)
             callbacks = {"on_step_end": functools.partial(self._on_step, job, live),
@@ -729,7 +725,7 @@ class Explorer:
         layers = layer_sparsity(self.net, task) if task in self.net.tasks else None
         if task in self.net.tasks:
             self._tasks[number] = task
-        self._draw(job, live, force=True)
+        self._draw(job, live, final=True)
         self._record(job, row, layers, live.growth)
         self._set_status(f"{prefix}{_ending(row, settings, live)}")
         return row
@@ -744,9 +740,11 @@ class Explorer:
             self._growth += growth
         job.rows.append(row)
         self._save()
-        self.runs_table.value = _runs_html(self.runs)
+        self.runs_table.value = runs_html(self.runs)
         if layers is not None:
-            self._show_sparsity(row, layers)
+            draw_sparsity(self.sparsity_figure, layers, f"Mask sparsity per layer: run #{row['run']}, "
+                          f"{html.escape(row['task'])} ({row['method']}), {row['status']}")
+            self._render("sparsity")
         self._update_mask_runs(select=row["run"] if growth or row["run"] in self._tasks else None)
 
     def _save(self) -> None:
@@ -782,9 +780,14 @@ class Explorer:
                 raise ValueError(f"sweep cell {_cell_text(values)}: {exc}") from None
         return sweep, base
 
-    def _sweep(self, job: _Job, number: int, sweep: Sweep, base: RunSettings) -> None:
+    def _sweep(self, job: _Job, sweep: Sweep, base: RunSettings) -> None:
+        number = next(self._sweep_numbers)
         cells = sweep.cells(base)
-        self._start_sweep_figure(number, sweep, base)
+        xs, ys = sweep.axes()
+        start_sweep(self.sweep_figure, f"Sweep #{number}: {html.escape(base.label())}, {base.epochs} epoch(s) "
+                    "unless swept", (sweep.names[0], [_number(x) for x in xs]),
+                    (sweep.names[1], [_number(y) for y in ys]) if ys else ("", [""]))
+        self._render("sweep_figure")
         start = time.perf_counter()
         last = None
         for k, ((i, j), values, settings) in enumerate(cells, start=1):
@@ -794,7 +797,10 @@ class Explorer:
             last = self._run_one(job, settings, sweep=number, values=values, prefix=prefix)
             if last is None:
                 break
-            self._fill_sweep_cell(i, j, last)
+            done = last["status"] == "done"
+            fill_sweep_cell(self.sweep_figure, i, j, (last["val_accuracy"], last["sparsity"]) if done else None,
+                            last["status"])
+            self._render("sweep_figure")
             if self.folder is not None:
                 _write_csv(self.folder / f"sweep-{number}.csv", self.sweep_table(number))
             if last["status"] == "stopped":
@@ -802,29 +808,6 @@ class Explorer:
         self._set_status(_sweep_ending(number, sweep, job.rows, len(cells), time.perf_counter() - start,
                                        stopped=job.stop.is_set()))
 
-    def _start_sweep_figure(self, number: int, sweep: Sweep, base: RunSettings) -> None:
-        xs, ys = sweep.axes()
-        y_labels = [_number(y) for y in ys] if ys else [""]
-        for trace in self.sweep_figure.data:
-            trace.x, trace.y = [_number(x) for x in xs], y_labels
-            trace.z, trace.text = [[None] * len(xs) for _ in y_labels], [[""] * len(xs) for _ in y_labels]
-        self.sweep_figure.data[1].zmax = 0.01
-        self.sweep_figure.update_xaxes(title_text=sweep.names[0])
-        self.sweep_figure.update_yaxes(title_text=sweep.names[1] if ys else "")
-        self.sweep_figure.layout.title.text = (f"Sweep #{number}: {html.escape(base.label())}, "
-                                               f"{base.epochs} epoch(s) unless swept")
-        self._render("sweep_figure")
-
-    def _fill_sweep_cell(self, i: int, j: int, row: dict[str, Any]) -> None:
-        done = row["status"] == "done"
-        for trace, column in zip(self.sweep_figure.data, ("val_accuracy", "sparsity")):
-            z, text = [list(r) for r in trace.z], [list(r) for r in trace.text]
-            z[j][i] = row[column] if done else None
-            text[j][i] = f"{row[column]:.1%}" if done else row["status"]
-            trace.z, trace.text = z, text
-        sparsity = self.sweep_figure.data[1]
-        sparsity.zmax = _top(max([0.0, *(v for r in sparsity.z for v in r if v is not None)]))
-        self._render("sweep_figure")
 
     # -- drawing ---------------------------------------------------------------------
     def _start_curve(self, number: int, task: str, settings: RunSettings, steps_per_epoch: int,
@@ -852,30 +835,23 @@ class Explorer:
             layers = layer_sparsity(self.net, live.task)
             live.growth += layers.assign(run=live.number, epoch=epoch, step=row["step"])[GROWTH_COLUMNS].to_dict(
                 "records")
-        self._draw(job, live, force=True)
+        self._draw(job, live)
 
-    def _draw(self, job: _Job, live: _LiveRun, force: bool = False) -> None:
-        """Send the live run's points and progress to the front end, at most every `refresh_s`."""
+    def _draw(self, job: _Job, live: _LiveRun, final: bool = False) -> None:
+        """Send the live run's points and progress to the front end: at most every `refresh_s`, and
+        at the run's end (`final`). Every `STATE_EVERY_S` the curve's widget state is stored too (a
+        view opened mid-run starts from it); not at every draw: that sends the whole figure."""
         now = time.perf_counter()
-        if not force and now - live.last_draw < self.refresh_s:
+        if not final and now - live.last_draw < self.refresh_s:
             return
         live.last_draw = now
         with self.curve.batch_update():
             live.loss_trace.x, live.loss_trace.y = list(live.steps), list(live.losses)
             live.acc_trace.x, live.acc_trace.y = list(live.epochs), list(live.accuracies)
-        if force:  # each epoch's end: a view opened mid-run starts from here
-            _store_view_state(self.curve)
+        if final or now - live.last_state >= STATE_EVERY_S:
+            live.last_state = now
+            store_view_state(self.curve)
         self._set_status(live.progress(stopping=job.stop.is_set()))
-
-    def _show_sparsity(self, row: dict[str, Any], layers: pd.DataFrame) -> None:
-        top = float(layers["sparsity"].max()) if len(layers) else 0.0
-        bars = self.sparsity_figure.data[0]
-        bars.x, bars.y = list(layers["depth"]), list(layers["sparsity"])
-        bars.customdata = list(zip(layers["layer"], layers["kind"], layers["weights"]))
-        self.sparsity_figure.layout.yaxis.range = [0, _top(top)]
-        self.sparsity_figure.layout.title.text = (f"Mask sparsity per layer: run #{row['run']}, "
-                                                  f"{html.escape(row['task'])} ({row['method']}), {row['status']}")
-        self._render("sparsity")
 
     def _update_mask_runs(self, select: int | None = None) -> None:
         """The runs the mask view can show: those with a mask in memory or a growth record."""
@@ -899,15 +875,10 @@ class Explorer:
         if number is None or layer is None:
             return
         task = self._tasks.get(number)
-        heatmap = self.mask_figure.data[0]
-        if task is None or task not in self.net.tasks:
-            heatmap.z = []
-            self.mask_figure.layout.title.text = (f"Mask of run #{number}: not in memory (trained before this "
-                                                  "explorer was created); its growth is below")
-        else:
-            heatmap.z, self.mask_figure.layout.title.text = _mask_grid(self.net.masks(task)[layer], layer, number)
+        in_memory = task is not None and task in self.net.tasks
+        draw_mask(self.mask_figure, self.net.masks(task)[layer] if in_memory else None, layer, number)
         growth = self.growth
-        _draw_growth(self.growth_figure, growth[growth["run"] == number], number, layer)
+        draw_growth(self.growth_figure, growth[growth["run"] == number], number, layer)
         self._render("mask", "growth")
 
     def _set_status(self, message: str, error: bool = False) -> None:
@@ -985,157 +956,3 @@ def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
 def _parse_cell(text: str) -> dict[str, float]:
     """``lr_scores=0.001, threshold=0.005`` -> {"lr_scores": 0.001, "threshold": 0.005}."""
     return {name: float(value) for name, value in (part.split("=") for part in text.split(", "))}
-
-
-# -- figures --------------------------------------------------------------------------------
-
-def _display_data(figure: go.Figure) -> dict[str, Any]:
-    """`figure` as an output that JupyterLab's plotly renderer draws: its JSON (numpy arrays as bytes)."""
-    return {"output_type": "display_data", "metadata": {},
-            "data": {"application/vnd.plotly.v1+json": json.loads(pio.to_json(figure, validate=False)),
-                     "text/plain": f"<plotly figure: {figure.layout.title.text}>"}}
-
-
-def _store_view_state(figure: go.FigureWidget) -> None:
-    """Store the figure as it is now in the widget state that new views of it start from.
-
-    plotly's FigureWidget sends edits (new traces, new points, a new title) as one-off messages
-    that update the views on screen, but its synced state (``_widget_data``, ``_widget_layout``)
-    is refreshed only when the figure itself is displayed. A view made later (the browser tab
-    reloaded, the notebook closed and reopened, the figure shown inside a box) would start from
-    that stale state: an empty training curve. Its own `_repr_mimebundle_` does the refresh.
-    """
-    figure._repr_mimebundle_()
-
-
-def _top(value: float) -> float:
-    """The top of a sparsity axis that starts at 0: a little above `value`, at least 1%."""
-    return max(0.01, 1.1 * value)
-
-
-def _curve_layout() -> go.Figure:
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("Training loss", "Validation accuracy"),
-                           column_widths=[0.6, 0.4], horizontal_spacing=0.1)
-    figure.update_xaxes(title_text="step", row=1, col=1)
-    figure.update_xaxes(title_text="epoch", dtick=1, rangemode="tozero", row=1, col=2)
-    figure.update_yaxes(rangemode="tozero", row=1, col=1)
-    figure.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
-    figure.update_layout(height=340, margin={"t": 40, "b": 40, "l": 50, "r": 10}, template="plotly_white",
-                         legend={"orientation": "h", "y": -0.25})
-    return figure
-
-
-def _sweep_layout() -> go.Figure:
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("Validation accuracy", "Mask sparsity"),
-                           horizontal_spacing=0.16)
-    for col, (name, zmax, colours, bar_x, ticks) in enumerate((("val accuracy", 1.0, "Blues", 0.42, ".0%"),
-                                                               ("sparsity", 0.01, "Oranges", 1.0, ".1%")), start=1):
-        figure.add_heatmap(x=[], y=[], z=[], text=[], texttemplate="%{text}", zmin=0, zmax=zmax, colorscale=colours,
-                           name=name, colorbar={"x": bar_x, "tickformat": ticks, "thickness": 12},
-                           hovertemplate=f"x %{{x}}, y %{{y}}<br>{name} %{{z:.2%}}<extra></extra>", row=1, col=col)
-    figure.update_xaxes(type="category")
-    figure.update_yaxes(type="category")
-    figure.update_layout(title_text="Sweep: choose up to two knobs and their values, then press Sweep", height=320,
-                         template="plotly_white", margin={"t": 60, "b": 40, "l": 60, "r": 10})
-    return figure
-
-
-def _sparsity_layout() -> go.Figure:
-    bars = go.Bar(x=[], y=[], name="sparsity", hovertemplate=("depth %{x}: %{customdata[0]} (%{customdata[1]}, "
-                                                               "%{customdata[2]} weights)<br>%{y:.2%} zeros"
-                                                               "<extra></extra>"))
-    figure = go.Figure(bars)
-    figure.update_layout(title_text="Mask sparsity per layer: train a task to see its mask", height=300,
-                         xaxis_title="depth (masked layer, input to output)", yaxis_title="zeros in the mask",
-                         yaxis={"tickformat": ".1%", "range": [0, 0.01]}, template="plotly_white",
-                         margin={"t": 40, "b": 40, "l": 60, "r": 10})
-    return figure
-
-
-MASK_COLOURS = [[0.0, "#d62728"], [1 / 3, "#d62728"], [1 / 3, "#111111"], [2 / 3, "#111111"], [2 / 3, "#e8e8e8"],
-                [1.0, "#e8e8e8"]]
-"""A mask's entries: -1 red (ternary), 0 (off) black, 1 (on) light grey."""
-
-
-def _mask_layout() -> go.Figure:
-    figure = go.Figure(go.Heatmap(z=[], zmin=-1, zmax=1, colorscale=MASK_COLOURS, showscale=False,
-                                  hovertemplate="filter %{y}, column %{x}: %{z}<extra></extra>"))
-    figure.update_yaxes(autorange="reversed", title_text="filter (output channel)")
-    figure.update_xaxes(title_text="input channel × kernel position")
-    figure.update_layout(title_text="The mask: train a piggyback task to see which weights are off", height=360,
-                         template="plotly_white", margin={"t": 50, "b": 40, "l": 60, "r": 10})
-    return figure
-
-
-def _mask_grid(mask: Any, layer: str, number: int) -> tuple[np.ndarray, str]:
-    """A mask as rows (filters, or a linear layer's outputs) of its flattened inputs, at most
-    `MAX_MASK_CELLS` entries (an int8 array: plotly sends it as bytes), and a title saying what
-    share is off."""
-    grid = mask.reshape(mask.shape[0], -1).cpu().to(torch.int8)
-    rows, columns = grid.shape
-    off = float((grid == 0).sum()) / grid.numel()
-    shown_rows = max(1, min(rows, MAX_MASK_CELLS // columns))
-    shown_columns = min(columns, MAX_MASK_CELLS)
-    part = "" if (shown_rows, shown_columns) == (rows, columns) else (
-        f" (the first {shown_rows} of {rows} filters{'' if shown_columns == columns else f', {shown_columns} columns'})")
-    title = (f"Mask of {layer}, run #{number}: {off:.2%} of its {grid.numel():,} weights off (black){part}; "
-             f"rows: filters")
-    return grid[:shown_rows, :shown_columns].numpy(), title
-
-
-def _growth_layout() -> go.Figure:
-    figure = go.Figure()
-    figure.update_layout(title_text="Sparsity epoch by epoch: train a piggyback task to see it grow", height=320,
-                         xaxis={"title": "epoch", "rangemode": "tozero"},
-                         yaxis={"title": "zeros in the mask", "tickformat": ".1%", "range": [0, 0.01]},
-                         template="plotly_white", margin={"t": 50, "b": 40, "l": 60, "r": 10})
-    return figure
-
-
-def _growth_lines(growth: pd.DataFrame) -> pd.DataFrame:
-    """(line, epoch, sparsity, layers): a line per layer, or per group of consecutive layers when
-    there are more than `MAX_GROWTH_LINES` layers (a group's sparsity: its zeros over its weights)."""
-    layers = list(dict.fromkeys(growth.sort_values("depth")["layer"]))
-    groups = np.array_split(np.arange(len(layers)), min(len(layers), MAX_GROWTH_LINES))
-    group_of = {}
-    for members in groups:
-        names = [layers[i] for i in members]
-        line = names[0] if len(names) == 1 else f"layers {members[0]}–{members[-1]}"
-        group_of.update(dict.fromkeys(names, (line, ", ".join(names))))
-    table = growth.assign(line=[group_of[layer][0] for layer in growth["layer"]],
-                          layers=[group_of[layer][1] for layer in growth["layer"]])
-    lines = table.groupby(["line", "layers", "epoch"], sort=False)[["zeros", "weights"]].sum().reset_index()
-    return lines.assign(sparsity=lines["zeros"] / lines["weights"])
-
-
-def _draw_growth(figure: go.Figure, growth: pd.DataFrame, number: int, layer: str) -> None:
-    """One line per layer (or group) of run `number`'s sparsity against the epoch; `layer`'s bold."""
-    lines = _growth_lines(growth) if len(growth) else pd.DataFrame(columns=["line", "layers", "epoch", "sparsity"])
-    figure.data = []
-    for i, (line, part) in enumerate(lines.groupby("line", sort=False)):
-        chosen = layer in part["layers"].iloc[0].split(", ")
-        figure.add_scatter(x=list(part["epoch"]), y=list(part["sparsity"]), name=line, mode="lines+markers",
-                           line={"width": 4 if chosen else 1.5, "color": qualitative.Plotly[i % len(qualitative.Plotly)]},
-                           hovertemplate=f"{line}<br>epoch %{{x:.2f}}: %{{y:.2%}} zeros<extra></extra>")
-    figure.layout.yaxis.range = [0, _top(float(lines["sparsity"].max()) if len(lines) else 0.0)]
-    each = "layer" if lines["line"].nunique() == growth["layer"].nunique() else "group of layers"
-    figure.layout.title.text = (f"Sparsity epoch by epoch, run #{number}: a line per {each} ({layer} in bold)"
-                                if len(lines) else f"Sparsity epoch by epoch: run #{number} has no piggyback mask")
-
-
-def _runs_html(runs: pd.DataFrame) -> str:
-    if runs.empty:
-        return "<i>no runs yet</i>"
-
-    def number(spec: str):
-        return lambda value: "–" if pd.isna(value) else format(value, spec)
-
-    def text(value: Any) -> str:
-        return "–" if value is None or pd.isna(value) else html.escape(str(value)[:80])
-
-    formats = {"accuracy": ".1%", "val_accuracy": ".1%", "sparsity": ".2%", "train_s": ".1f", "lr": ".0e",
-               "lr_scores": ".0e", "threshold": "g", "init_scale": "g"}
-    shown = runs[SHOWN_COLUMNS].astype({"sweep": "Int64", "steps": "Int64", "epochs": "Int64"})
-    table = shown.to_html(index=False, na_rep="–", border=0, escape=False,
-                          formatters={**{c: text for c in SHOWN_COLUMNS}, **{k: number(v) for k, v in formats.items()}})
-    return f"<style>.piggylab-runs td, .piggylab-runs th {{padding: 1px 8px; text-align: right}}</style>{table}"

@@ -236,20 +236,23 @@ def type_into(page, container: str, text: str) -> None:
 
 STOP_JS = """async (limitMs) => {
     const status = document.querySelector('.piggylab-status');
-    const stopped = () => status.innerText.trim().startsWith('stopped');
+    const seen = [];
     const start = performance.now();
     const ended = new Promise(resolve => {
         const observer = new MutationObserver(() => {
-            if (stopped()) { observer.disconnect(); resolve(performance.now() - start); }
+            const text = status.innerText.trim();
+            if (seen[seen.length - 1] !== text) seen.push(text.slice(0, 60));
+            if (text.startsWith('stopped')) { observer.disconnect(); resolve(performance.now() - start); }
         });
         observer.observe(status, {subtree: true, childList: true, characterData: true});
     });
     const limit = new Promise(resolve => setTimeout(() => resolve(null), limitMs));
     document.querySelector('button.piggylab-stop').click();
-    return await Promise.race([ended, limit]);
+    return {ms: await Promise.race([ended, limit]), seen};
 }"""
-"""Clicks Stop and returns the milliseconds until the status line says ``stopped`` (null past `limitMs`):
-the whole way, browser to kernel to the worker thread's last step and back to the page."""
+"""Clicks Stop; returns the milliseconds until the status line says ``stopped`` (null past `limitMs`),
+the whole way (browser to kernel to the worker thread's last step, and back to the page), and the
+status lines seen meanwhile."""
 
 
 def show_explorer(page) -> None:
@@ -366,8 +369,10 @@ def stopped_run(page, deadline: Deadline) -> None:
     show_explorer(page)
     save_screenshot(page, "explorer-mid-run")
 
-    latency_ms = page.evaluate(STOP_JS, deadline.ms(30))
-    assert latency_ms is not None, f"Stop did not end the run within 30 s: {status.inner_text()!r}"
+    stop = page.evaluate(STOP_JS, deadline.ms(30))
+    latency_ms = stop["ms"]
+    assert latency_ms is not None, (f"Stop did not end the run within 30 s: {status.inner_text()!r}; status lines "
+                                    f"seen: {stop['seen']}")
     text = status.inner_text().strip()
     steps = re.search(r"after step (\d+) of (\d+)", text)
     assert steps and int(steps.group(1)) < int(steps.group(2)), text

@@ -18,6 +18,7 @@ import torch
 
 import piggylab as pl
 from piggylab import findings
+from piggylab.explorer_figures import MAX_GROWTH_LINES, growth_lines
 from piggylab.widgets import (CSS_CLASSES, KNOBS, RUN_COLUMNS, Explorer, ExplorerBusy, RunSettings, Sweep, is_sweep,
                               recipe_rates)
 
@@ -247,12 +248,10 @@ def test_the_mask_view_shows_which_weights_are_off_and_how_sparsity_grew(explore
 
 
 def test_growth_draws_groups_of_layers_in_deep_networks():
-    from piggylab.widgets import MAX_GROWTH_LINES, _growth_lines
-
     growth = pd.DataFrame([{"run": 1, "epoch": e, "step": e, "layer": f"l{d}", "depth": d, "kind": "conv",
                             "weights": 10 * (d + 1), "zeros": d, "sparsity": d / (10 * (d + 1))}
                            for e in (1, 2) for d in range(30)])
-    lines = _growth_lines(growth)
+    lines = growth_lines(growth)
     assert lines["line"].nunique() == MAX_GROWTH_LINES
     first = lines[(lines["line"] == "layers 0–2") & (lines["epoch"] == 1)].iloc[0]
     assert first["layers"] == "l0, l1, l2" and first["sparsity"] == pytest.approx((0 + 1 + 2) / (10 + 20 + 30))
