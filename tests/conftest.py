@@ -16,6 +16,18 @@ def synthetic_loader(seed: int, n: int = 128, classes: int = 3, size: int = 32, 
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
+
+def random_masks(net, zero_fraction: float, seed: int, kind: str = "binary") -> dict:
+    """Per masked weight of `net`, a random mask with about `zero_fraction` zeros (ternary: a
+    third... half of them -1 instead), drawn from its own seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    for layer in net.masked_layers:
+        u = torch.rand(net.original_weight(layer).shape, generator=g)
+        mask = u >= zero_fraction
+        masks[layer] = mask if kind == "binary" else mask.to(torch.int8) - (u < zero_fraction / 2).to(torch.int8)
+    return masks
+
 @pytest.fixture
 def backbone() -> torch.nn.Module:
     torch.manual_seed(0)

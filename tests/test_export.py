@@ -12,11 +12,7 @@ from safetensors.torch import save_file
 import piggylab as pl
 from piggylab.cli import main
 from piggylab.export import EXPORT_FORMATS, example_input, export_difference, export_task_file, write_export
-
-
-def random_masks(net, zero_fraction, seed):
-    g = torch.Generator().manual_seed(seed)
-    return {layer: torch.rand(net.original_weight(layer).shape, generator=g) >= zero_fraction for layer in net.masked_layers}
+from conftest import random_masks
 
 
 def trained_like(net, task, num_classes, seed, task_bn=False):

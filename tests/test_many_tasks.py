@@ -12,16 +12,7 @@ from torch import nn
 import piggylab as pl
 from piggylab import analysis, bench, masked, plots
 from piggylab.masked import pack_mask, packed_size, unpack_by_table, unpack_mask, unpack_mask_into
-
-
-def random_masks(net, zero_fraction, seed, kind="binary"):
-    g = torch.Generator().manual_seed(seed)
-    masks = {}
-    for layer in net.masked_layers:
-        u = torch.rand(net.original_weight(layer).shape, generator=g)
-        mask = u >= zero_fraction
-        masks[layer] = mask if kind == "binary" else mask.to(torch.int8) - (u < zero_fraction / 3).to(torch.int8)
-    return masks
+from conftest import random_masks
 
 
 # -- 1. frozen masks packed in memory -------------------------------------------------------------

@@ -8,16 +8,7 @@ import pytest
 import torch
 
 import piggylab as pl
-
-
-def random_masks(net, zero_fraction, seed, kind="binary"):
-    g = torch.Generator().manual_seed(seed)
-    masks = {}
-    for layer in net.masked_layers:
-        u = torch.rand(net.original_weight(layer).shape, generator=g)
-        mask = u >= zero_fraction
-        masks[layer] = mask if kind == "binary" else mask.to(torch.int8) - (u < zero_fraction / 2).to(torch.int8)
-    return masks
+from conftest import random_masks
 
 
 def frozen_net(backbone, kinds=("binary", "binary")):
