@@ -26,9 +26,10 @@ def test_training_curves_one_line_per_run_and_metric():
 
 def test_bars_heatmap_depth_and_matrix():
     results = pd.DataFrame({"task": ["t1", "t1", "t2", "t2"], "method": ["piggyback", "finetune"] * 2,
+                            "label": ["piggyback + task BN", "finetune"] * 2,
                             "accuracy": [0.8, 0.9, 0.5, 0.6], "storage_bytes": [1e5, 3e6, 1e5, 3e6]})
     acc = plots.percent_bars(results)
-    assert {t.name for t in acc.data} == {"piggyback", "finetune"}
+    assert {t.name for t in acc.data} == {"piggyback + task BN", "finetune"}  # runs are told apart by label
     assert max(max(t.y) for t in acc.data) == pytest.approx(90.0)
     storage = plots.storage_bars(results)
     assert storage.layout.yaxis.type == "log"
