@@ -25,10 +25,10 @@ import torch
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-__all__ = ["MASK_COLOURS", "MAX_GROWTH_LINES", "MAX_MASK_CELLS", "SHOWN_COLUMNS", "axis_top", "curve_layout",
-           "display_data", "draw_growth", "draw_mask", "draw_sparsity", "fill_sweep_cell", "growth_layout",
-           "growth_lines", "mask_layout", "runs_html", "sparsity_layout", "start_sweep", "store_view_state",
-           "sweep_layout"]
+__all__ = ["MASK_COLOURS", "MAX_GROWTH_LINES", "MAX_MASK_CELLS", "SHOWN_COLUMNS", "add_run_traces", "axis_top",
+           "curve_layout", "display_data", "draw_growth", "draw_mask", "draw_sparsity", "fill_sweep_cell",
+           "growth_layout", "growth_lines", "mask_layout", "runs_html", "sparsity_layout", "start_sweep",
+           "store_view_state", "sweep_layout"]
 
 MASK_COLOURS = [[0.0, "#d62728"], [1 / 3, "#d62728"], [1 / 3, "#111111"], [2 / 3, "#111111"], [2 / 3, "#e8e8e8"],
                 [1.0, "#e8e8e8"]]
@@ -82,6 +82,15 @@ def curve_layout() -> go.Figure:
     figure.update_layout(height=340, margin={"t": 40, "b": 40, "l": 50, "r": 10}, template="plotly_white",
                          legend={"orientation": "h", "y": -0.25})
     return figure
+
+
+def add_run_traces(curve: go.FigureWidget, number: int, name: str) -> tuple[Any, Any]:
+    """Two empty traces for run `number` on the curve, in its own colour: (loss, validation accuracy)."""
+    colour = qualitative.Plotly[(number - 1) % len(qualitative.Plotly)]
+    common = {"name": name, "legendgroup": str(number), "line": {"color": colour}, "mode": "lines+markers"}
+    curve.add_scatter(x=[], y=[], marker={"size": 4}, row=1, col=1, **common)
+    curve.add_scatter(x=[], y=[], marker={"size": 8}, showlegend=False, row=1, col=2, **common)
+    return curve.data[-2], curve.data[-1]
 
 
 # -- the sweep ------------------------------------------------------------------------------

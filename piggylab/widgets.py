@@ -76,14 +76,13 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from torch import nn
 
 from .analysis import SPARSITY_COLUMNS, layer_sparsity
 from .backbones import TINY_CHECKPOINT, load_backbone
 from .datasets import EMBEDDED_TASKS, TaskData, load_data, make_loaders
 from .experiments import RunSpec, run, train_config
-from .explorer_figures import (curve_layout, display_data, draw_growth, draw_mask, draw_sparsity, fill_sweep_cell,
+from .explorer_figures import (add_run_traces, curve_layout, display_data, draw_growth, draw_mask, draw_sparsity, fill_sweep_cell,
                                growth_layout, mask_layout, runs_html, sparsity_layout, start_sweep, store_view_state,
                                sweep_layout)
 from .io import atomic_write_bytes
@@ -205,6 +204,7 @@ class RunSettings:
         return row
 
     def label(self) -> str:
+        """The run in a legend or a status line, e.g. ``greek (piggyback, binary mask)``."""
         mask = f", {self.mask_kind} mask" if self.method == "piggyback" else ""
         return f"{self.task} ({self.method}{mask})"
 
@@ -256,6 +256,7 @@ class Sweep:
         return cells
 
     def describe(self) -> str:
+        """The knobs and their value counts, e.g. ``lr_scores (2) × threshold (3)``."""
         return " × ".join(f"{name} ({len(values)})" for name, values in self.knobs)
 
 
@@ -812,12 +813,8 @@ class Explorer:
     # -- drawing ---------------------------------------------------------------------
     def _start_curve(self, number: int, task: str, settings: RunSettings, steps_per_epoch: int,
                      prefix: str) -> _LiveRun:
-        colour = qualitative.Plotly[(number - 1) % len(qualitative.Plotly)]
-        name = f"#{number} {settings.label()}"
-        common = {"name": name, "legendgroup": str(number), "line": {"color": colour}, "mode": "lines+markers"}
-        self.curve.add_scatter(x=[], y=[], marker={"size": 4}, row=1, col=1, **common)
-        self.curve.add_scatter(x=[], y=[], marker={"size": 8}, showlegend=False, row=1, col=2, **common)
-        return _LiveRun(number, task, settings, steps_per_epoch, self.curve.data[-2], self.curve.data[-1], prefix)
+        loss, accuracy = add_run_traces(self.curve, number, f"#{number} {settings.label()}")
+        return _LiveRun(number, task, settings, steps_per_epoch, loss, accuracy, prefix)
 
     def _on_step(self, job: _Job, live: _LiveRun, trainer: Trainer, record: dict) -> None:
         if job.stop.is_set():
