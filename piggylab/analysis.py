@@ -119,6 +119,25 @@ def shared_memory(net: PiggybackNet) -> dict[str, int]:
     return {"backbone": _nbytes(net.backbone_state().values()), "merged": _nbytes(merged)}
 
 
+PIGGYBACK_MEMORY = "piggyback: one backbone + frozen tasks"
+FINETUNED_MEMORY = "one fine-tuned network per task"
+
+
+def memory_totals(net: PiggybackNet, tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """Bytes in memory holding the first k of `tasks` (default: all the network's), for k = 1,
+    10, 100, ... and all of them: piggyback (what the tasks share, `shared_memory`, once, plus
+    each task's `task_memory`) against one float32 fine-tuned copy of the network per task
+    (`finetuned_bytes`). Columns: tasks, approach (`PIGGYBACK_MEMORY`, `FINETUNED_MEMORY`), bytes."""
+    memory = task_memory(net, tasks)
+    held = memory["total_bytes"].cumsum().tolist()
+    copies = list(itertools.accumulate(finetuned_bytes(net, task) for task in memory["task"]))
+    shared = sum(shared_memory(net).values())
+    counts = sorted({10**i for i in range(len(str(len(held))))} | {len(held)}) if held else []
+    rows = [row for k in counts for row in ({"tasks": k, "approach": PIGGYBACK_MEMORY, "bytes": shared + held[k - 1]},
+                                            {"tasks": k, "approach": FINETUNED_MEMORY, "bytes": copies[k - 1]})]
+    return pd.DataFrame(rows, columns=["tasks", "approach", "bytes"])
+
+
 # -- mask overlap -----------------------------------------------------------------------------------
 OVERLAP_COLUMNS = ["task_a", "task_b", "layer", "depth", "weights", "off_a", "off_b", "off_both", "off_either",
                    "jaccard", "chance"]

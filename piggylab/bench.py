@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from .backbones import tiny_resnet
 from .io import atomic_write_text
 from .piggyback import PiggybackNet
+from .tasks import MultiTaskNet
 from .storage import FORMATS, mask_bits_per_weight, save_task
 from .train import make_optimizer
 
@@ -509,12 +510,43 @@ def bench_frozen_tasks(plan: Plan) -> dict:
             "target": TARGETS["frozen_task_bytes"], "met": max(ratio.values()) <= TARGETS["frozen_task_bytes"]}
 
 
+def mixed_batch_speed(net: MultiTaskNet, x: Tensor, tasks: Sequence[str], device: torch.device, warmup: int,
+                      reps: int) -> dict:
+    """Images per second serving the batch `x` whose sample i belongs to ``tasks[i]`` (give
+    `net` in eval mode): `predict` (grouped by task, each sample exactly as alone) against the
+    tasks called one by one, a switch and a pass per sample (``set_task(t); net(x[i:i + 1])``,
+    the switch skipped when the task is already active), and, for reference, grouped without
+    the exactness (``set_task(t); net(x[group])``); and each one's speed-up over one by one."""
+    x = x.to(device)
+
+    def one_by_one() -> None:
+        with torch.inference_mode():
+            for i, name in enumerate(tasks):
+                if net.active_task != name:
+                    net.set_task(name)
+                net(x[i : i + 1])
+
+    def grouped_inexact() -> None:
+        with torch.inference_mode():
+            for name in dict.fromkeys(tasks):
+                net.set_task(name)
+                net(x[[i for i, t in enumerate(tasks) if t == name]])
+
+    def predict() -> None:
+        with torch.inference_mode():
+            net.predict(x, tasks)
+
+    times = interleaved({"one_by_one": (no_op, one_by_one), "predict": (no_op, predict),
+                         "grouped_inexact": (no_op, grouped_inexact)}, device, warmup, reps)
+    speedup = {name: summary([b / a for a, b in zip(values, times["one_by_one"])])
+               for name, values in times.items() if name != "one_by_one"}
+    return {"images_per_s": {k: summary([len(x) / t for t in v]) for k, v in times.items()},
+            "speedup_over_one_by_one": speedup}
+
+
 def bench_mixed_batch(workload: Workload, tasks: int, device: torch.device, plan: Plan) -> dict:
-    """A batch whose samples belong to `tasks` frozen tasks (drawn at random): `predict`
-    (grouped by task, each sample exactly as alone) against the tasks called one by one, a
-    switch and a pass per sample (``set_task(t); net(x[i:i + 1])``, the switch skipped when
-    the task is already active), and, for reference, grouped without the exactness
-    (``set_task(t); net(x[group])``), in eval mode."""
+    """A batch whose samples belong to `tasks` frozen tasks (drawn at random), served by
+    `predict` and one by one (`mixed_batch_speed`), in eval mode."""
     net = build_net(workload.backbone, device, tasks=(), image_size=workload.image_size).eval()
     names = [f"m{i}" for i in range(tasks)]
     for i, name in enumerate(names):
@@ -522,31 +554,8 @@ def bench_mixed_batch(workload: Workload, tasks: int, device: torch.device, plan
     x, _ = batch(workload, device)
     g = torch.Generator().manual_seed(1)
     chosen = [names[i] for i in torch.randint(0, tasks, (workload.batch_size,), generator=g).tolist()]
-
-    def one_by_one() -> None:
-        with torch.inference_mode():
-            for i, name in enumerate(chosen):
-                if net.active_task != name:
-                    net.set_task(name)
-                net(x[i : i + 1])
-
-    def grouped_inexact() -> None:
-        with torch.inference_mode():
-            for name in dict.fromkeys(chosen):
-                net.set_task(name)
-                net(x[[i for i, t in enumerate(chosen) if t == name]])
-
-    def predict() -> None:
-        with torch.inference_mode():
-            net.predict(x, chosen)
-
-    times = interleaved({"one_by_one": (no_op, one_by_one), "predict": (no_op, predict),
-                         "grouped_inexact": (no_op, grouped_inexact)}, device, plan.warmup, plan.reps)
-    speedup = {name: summary([b / a for a, b in zip(values, times["one_by_one"])])
-               for name, values in times.items() if name != "one_by_one"}
     return {**asdict(workload), "device": device.type, "tasks": tasks,
-            "images_per_s": {k: summary([workload.batch_size / t for t in v]) for k, v in times.items()},
-            "speedup_over_one_by_one": speedup}
+            **mixed_batch_speed(net, x, chosen, device, plan.warmup, plan.reps)}
 
 
 PROBES: dict[str, Callable] = {"train_memory": _train_memory_probe, "frozen_tasks": frozen_tasks_probe}

@@ -9,6 +9,8 @@
   a `RunResult`: one result row and the training history. The same function serves every
   notebook and the explorer.
 - `compare(net, data, specs)`: several runs on one task, as a table and stacked histories.
+- `copy_task`, `mixed_accuracy`: a trained task copied (into another network, or as a distinct
+  task of its own); the tasks' test images served in batches that mix tasks.
 
 Result rows keep `method` (what trained: piggyback, classifier, finetune, packnet) apart from
 `label` (the run's name in a table or a figure, e.g. "piggyback + task BN"). This module does
@@ -28,18 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from .analysis import depth_thirds, finetuned_bytes, layer_sparsity, overall_sparsity
 from .cache import RunCache, run_key
 from .checkpoints import read_checkpoint
-from .checks import check_choice
+from .checks import check_choice, images_and_labels
 from .datasets import EMBEDDED_TASKS, PAPER_DATASETS, TaskData, make_loaders
 from .masked import MaskConfig
 from .piggyback import METHODS, PiggybackNet
 from .storage import load_task, task_bytes
-from .train import PAPER_BATCH_SIZE, TrainConfig, evaluate, fit_task, paper_recipe
+from .train import PAPER_BATCH_SIZE, TrainConfig, evaluate, fit_task, paper_recipe, resolve_device
 
 if TYPE_CHECKING:
     from .plots import LiveCurve
@@ -277,16 +279,25 @@ def compare(net: PiggybackNet, data: TaskData, specs: Sequence[RunSpec], *, batc
             pd.concat([r.history for r in results], ignore_index=True))
 
 
-def copy_task(source: PiggybackNet, target: PiggybackNet, task: str) -> None:
-    """Add the frozen `task` of `source` to `target` (over the same backbone): its packed masks,
-    head and batchnorm, as loading its task file would."""
+def copy_task(source: PiggybackNet, target: PiggybackNet, task: str, *, name: str | None = None,
+              switch_off: float = 0.0, seed: int = 0) -> None:
+    """Add the frozen `task` of `source` to `target` (over the same backbone; `source` itself
+    under another `name`) as `name` (default `task`): its packed masks, head and batchnorm, as
+    loading its task file would. With `switch_off`, each mask entry is also set to 0 with that
+    probability (drawn with `seed`): a distinct task made without training."""
     record = source.check_task(task)
     if source.fingerprint() != target.fingerprint():
         raise ValueError(f"cannot copy task {task!r}: the networks have different backbones "
                          f"({source.fingerprint()} vs {target.fingerprint()})")
-    target.add_task(task, record.num_classes, mask=record.mask, task_bn=record.task_bn,
-                    class_names=record.class_names, activate=False, masks=source.packed_masks(task), packed=True)
-    target.load_task_state(task, source.task_state(task))
+    if switch_off:
+        g = torch.Generator().manual_seed(seed)
+        masks = {layer: mask.masked_fill(torch.rand(mask.shape, generator=g).to(mask.device) < switch_off, 0)
+                 for layer, mask in source.masks(task).items()}
+    else:
+        masks = source.packed_masks(task)
+    target.add_task(name or task, record.num_classes, mask=record.mask, task_bn=record.task_bn,
+                    class_names=record.class_names, activate=False, masks=masks, packed=not switch_off)
+    target.load_task_state(name or task, source.task_state(task))
 
 
 def order_check(net: PiggybackNet, backbone: nn.Module, data: TaskData, spec: RunSpec, *, task: str | None = None,
@@ -316,6 +327,49 @@ def accuracy_after_each(net: PiggybackNet, tasks: Iterable[str], test_loaders: M
                         device: str = "auto") -> list[dict[str, Any]]:
     """Test accuracy of each of `tasks` now: rows (task, accuracy) for an accuracy matrix."""
     return [{"task": t, "accuracy": evaluate(net, test_loaders[t], task=t, device=device)} for t in tasks]
+
+
+def task_test_images(data: Mapping[str, TaskData], per_task: int | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """The first `per_task` (None: all) images and labels of each task's test split, in order
+    (`data`: a task's name in a network -> its data)."""
+    images = {}
+    for task, task_data in data.items():
+        test = task_data.test
+        chosen = test if per_task is None else Subset(test, range(min(per_task, len(test))))  # type: ignore[arg-type]
+        batch = next(iter(DataLoader(chosen, batch_size=len(chosen))))  # type: ignore[arg-type]
+        images[task] = images_and_labels(batch, f"the test split of task {task!r}")
+    return images
+
+
+def mixed_test_batch(images: Mapping[str, tuple[Tensor, Tensor]], *, seed: int = 0) -> tuple[Tensor, Tensor, list[str]]:
+    """Every task's test images (`task_test_images`) shuffled together by `seed`: (images, labels,
+    the task of each image)."""
+    owners = [task for task, (x, _) in images.items() for _ in range(len(x))]
+    order = torch.randperm(len(owners), generator=torch.Generator().manual_seed(seed))
+    return (torch.cat([x for x, _ in images.values()])[order], torch.cat([y for _, y in images.values()])[order],
+            [owners[i] for i in order.tolist()])
+
+
+def mixed_accuracy(net: PiggybackNet, images: Mapping[str, tuple[Tensor, Tensor]], *, batch_size: int = 32,
+                   seed: int = 0, device: str = "auto") -> pd.DataFrame:
+    """Each task's test accuracy served in batches that mix the tasks, against evaluated alone.
+
+    The tasks' test images (`task_test_images`) are shuffled together (`mixed_test_batch`) and
+    served in batches of `batch_size`, each image under its own task (`PiggybackNet.predict`);
+    each task's images are also evaluated alone, in order (`evaluate`, without autocast, as
+    `predict` computes). `net` is left in eval mode on `device`. Rows: task, test_images,
+    alone, mixed (test accuracies).
+    """
+    device = resolve_device(device)
+    x, y, owners = mixed_test_batch(images, seed=seed)
+    net.eval().to(device)
+    predicted = torch.cat([net.predict(x[i : i + batch_size].to(device), owners[i : i + batch_size]).cpu()
+                           for i in range(0, len(owners), batch_size)])
+    mixed = pd.Series((predicted == y).tolist()).groupby(owners).mean()
+    return pd.DataFrame([{"task": task, "test_images": len(labels), "mixed": float(mixed[task]),
+                          "alone": evaluate(net, DataLoader(TensorDataset(task_x, labels), batch_size=batch_size),
+                                            task=task, device=device, amp=False)}
+                         for task, (task_x, labels) in images.items()], columns=["task", "test_images", "alone", "mixed"])
 
 
 class MultiTaskRun:

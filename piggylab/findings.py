@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .analysis import depth_thirds
+from .analysis import FINETUNED_MEMORY, PIGGYBACK_MEMORY, MaskOverlap, depth_thirds
 from .plots import human_bytes
 
 
@@ -120,6 +120,43 @@ def multitask(totals: pd.DataFrame) -> list[str]:
     return [f"{totals['tasks'].max()} tasks cost {human_bytes(piggyback)} with piggyback (one backbone plus a task "
             f"file each) against {human_bytes(finetuned)} as separate fine-tuned networks: "
             f"{finetuned / piggyback:.1f}x less."]
+
+
+def many_tasks(memory: pd.DataFrame, totals: pd.DataFrame, mixed: pd.DataFrame, speed: Mapping[str, Any],
+               export_difference: float, overlap: MaskOverlap, rss: Mapping[str, float] | None = None) -> list[str]:
+    """Many tasks on one backbone (notebook 09): the bytes the frozen tasks hold in memory
+    (`memory`: `task_memory`; `totals`: `memory_totals`; `rss`: the `frozen_tasks` probe of
+    `piggylab.bench`, if measured), a mixed batch's accuracy (`mixed_accuracy`) and speed
+    (`mixed_batch_speed`), an exported task's largest output difference to the network, and
+    whether far tasks switch off the weights near ones do (`MaskOverlap.far_vs_near`)."""
+    n = len(memory)
+    last = totals[totals["tasks"] == n].set_index("approach")["bytes"]
+    piggyback, finetuned = last[PIGGYBACK_MEMORY], last[FINETUNED_MEMORY]
+    held = memory["total_bytes"].sum()
+    lines = [f"{n} frozen tasks in memory hold {human_bytes(held / n)} each on average (the mask at "
+             f"{memory['mask_bits_per_weight'].mean():.2f} bits per masked weight, the head and any batchnorm), "
+             f"{human_bytes(held)} together beside the {human_bytes(piggyback - held)} they share (the backbone and the "
+             f"active task's merged weights): {human_bytes(piggyback)} in all against {human_bytes(finetuned)} for {n} "
+             f"fine-tuned networks, {finetuned / piggyback:.0f}x less."]
+    if rss is not None:
+        lines.append(f"Measured as the resident memory of a fresh process adding as many frozen tasks (random masks, "
+                     f"same architecture): {human_bytes(rss['rss_bytes'])} per task, for "
+                     f"{human_bytes(rss['tensor_bytes'])} of tensors.")
+    same = bool((mixed["alone"] == mixed["mixed"]).all())
+    accuracies = ", ".join(f"`{r.task}` {r.mixed:.1%}" + ("" if r.mixed == r.alone else f" (alone {r.alone:.1%})")
+                           for r in mixed.itertuples())
+    lines.append(f"Served in batches that mix the {len(mixed)} trained tasks' test images, "
+                 + ("every task kept the test accuracy it has alone: " if same else "some tasks' test accuracy "
+                    "differs from the one they have alone: ") + accuracies + ".")
+    rate, gain = speed["images_per_s"], speed["speedup_over_one_by_one"]
+    lines.append(f"`predict` served a mixed batch at {rate['predict']['median']:.0f} images/s against "
+                 f"{rate['one_by_one']['median']:.0f} calling the tasks one image at a time "
+                 f"({gain['predict']['median']:.1f}x; grouped by task without the exactness: "
+                 f"{rate['grouped_inexact']['median']:.0f} images/s).")
+    lines.append("The exported task, loaded into a fresh model of the backbone's own class from its safetensors file, "
+                 + ("computes exactly the network's logits (largest difference 0)." if export_difference == 0 else
+                    f"computes the network's logits to within {export_difference:.2g} (largest difference)."))
+    return lines + [overlap.far_vs_near()]
 
 
 def comparison_table(results: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:

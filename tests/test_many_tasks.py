@@ -4,13 +4,16 @@
 import math
 import re
 
+import pandas as pd
 import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import piggylab as pl
-from piggylab import analysis, bench, masked, plots
+from piggylab import analysis, bench, experiments, findings, masked, plots
+from piggylab.datasets import TaskData
 from piggylab.masked import pack_mask, packed_size, unpack_by_table, unpack_mask, unpack_mask_into
 from conftest import random_masks
 
@@ -109,6 +112,37 @@ def test_masks_given_to_add_task_are_checked_before_anything_is_added(backbone):
     assert not net.tasks and all(not m.scores and not m.packed for _, m, _ in net.masked_weights())
 
 
+def test_memory_totals_add_each_task_to_what_the_tasks_share(backbone):
+    net = pl.PiggybackNet(backbone)
+    for i in range(12):
+        net.add_task(f"t{i}", 3, masks=random_masks(net, 0.05, i), activate=i == 0)
+    totals = analysis.memory_totals(net).set_index(["tasks", "approach"])["bytes"]
+    assert sorted({k for k, _ in totals.index}) == [1, 10, 12]
+    held, shared = analysis.task_memory(net)["total_bytes"], sum(analysis.shared_memory(net).values())
+    assert totals[(10, analysis.PIGGYBACK_MEMORY)] == shared + held[:10].sum()
+    assert totals[(12, analysis.FINETUNED_MEMORY)] == 12 * analysis.finetuned_bytes(net, "t0")
+
+
+@pytest.mark.parametrize("kind", ["binary", "ternary"])
+def test_a_copy_with_weights_switched_off_is_a_distinct_frozen_task(backbone, kind):
+    net = pl.PiggybackNet(backbone)
+    net.add_task("a", 3, mask=pl.MaskConfig(kind=kind), masks=random_masks(net, 0.1, 0, kind), task_bn=True, seed=0)
+    experiments.copy_task(net, net, "a", name="same")
+    for seed, name in ((1, "b"), (1, "b_again"), (2, "c")):
+        experiments.copy_task(net, net, "a", name=name, switch_off=0.2, seed=seed)
+    source, kept, switched = net.masks("a"), 0, 0
+    for layer, mask in source.items():
+        copy = net.masks("b")[layer]
+        assert torch.equal(net.masks("same")[layer], mask) and torch.equal(net.masks("b_again")[layer], copy)
+        assert torch.equal(copy[copy != 0], mask[copy != 0])  # only zeros added
+        kept, switched = kept + int((mask != 0).sum()), switched + int(((mask != 0) & (copy == 0)).sum())
+    assert switched / kept == pytest.approx(0.2, abs=0.02)
+    assert any(not torch.equal(net.masks("c")[layer], net.masks("b")[layer]) for layer in source)
+    for name in ("same", "b"):
+        assert net.is_frozen(name) and net.task(name).task_bn and net.task(name).mask.kind == kind
+        assert all(torch.equal(v, net.task_state("a")[k]) for k, v in net.task_state(name).items())
+
+
 # -- 2. mixed-task batches ---------------------------------------------------------------------------
 def mixed_net(backbone):
     """Four tasks: frozen binary, frozen ternary with its own BN, frozen, and one still in training."""
@@ -203,6 +237,27 @@ def test_samples_are_grouped_one_switch_and_one_pass_per_task(backbone, monkeypa
     assert all(not layer.samples_apart for layer in [*net._layers.values(), net.heads])
 
 
+def test_mixed_batches_of_test_images_keep_each_tasks_accuracy_alone(backbone):
+    net = mixed_net(backbone)
+    g = torch.Generator().manual_seed(0)
+    data = {task: TaskData(task, None, None, TensorDataset(torch.randn(n, 3, 32, 32, generator=g),
+                                                           torch.randint(0, classes, (n,), generator=g)),
+                           [str(c) for c in range(classes)], "", "")
+            for task, n, classes in (("a", 20, 3), ("b", 13, 5), ("c", 7, 4))}
+    images = experiments.task_test_images(data, per_task=10)
+    assert [len(x) for x, _ in images.values()] == [10, 10, 7]
+    assert torch.equal(images["b"][0], data["b"].test.tensors[0][:10])
+    x, y, owners = experiments.mixed_test_batch(images, seed=0)
+    assert sorted(owners) == ["a"] * 10 + ["b"] * 10 + ["c"] * 7 and owners[:10] != sorted(owners)[:10]
+    table = experiments.mixed_accuracy(net, images, batch_size=8, device="cpu").set_index("task")
+    assert table["test_images"].tolist() == [10, 10, 7]
+    for task, (task_x, labels) in images.items():
+        net.set_task(task)
+        with torch.no_grad():
+            expected = float((net(task_x).argmax(1) == labels).float().mean())
+        assert table.loc[task, "alone"] == pytest.approx(expected) and table.loc[task, "mixed"] == table.loc[task, "alone"]
+
+
 def test_unknown_tasks_are_refused_before_anything_runs(backbone):
     net = mixed_net(backbone)
     net.set_task("c")
@@ -278,3 +333,22 @@ def test_mask_overlap_refuses_unknown_tasks_and_draws_a_heatmap(backbone):
     assert grid.loc["a", "a"] == 1 and math.isnan(grid.loc["b", "b"]) and grid.loc["a", "b"] == 0
     fig = plots.overlap_heatmap(overlap)
     assert fig.data[0].type == "heatmap" and list(fig.data[0].x) == ["a", "b"]
+
+
+def test_many_tasks_findings_say_what_the_numbers_show(backbone):
+    net = pl.PiggybackNet(backbone)
+    for i in range(3):
+        net.add_task(f"t{i}", 3, masks=random_masks(net, 0.1, i))
+    memory, totals, overlap = analysis.task_memory(net), analysis.memory_totals(net), pl.mask_overlap(net)
+    speed = {"images_per_s": {k: {"median": v} for k, v in (("one_by_one", 20.0), ("predict", 50.0),
+                                                             ("grouped_inexact", 80.0))},
+             "speedup_over_one_by_one": {"predict": {"median": 2.5}}}
+    same = pd.DataFrame({"task": ["t0", "t1"], "test_images": [10, 10], "alone": [0.5, 0.7], "mixed": [0.5, 0.7]})
+    lines = findings.many_tasks(memory, totals, same, speed, 0.0, overlap)
+    assert lines[0].startswith(f"3 frozen tasks in memory hold {plots.human_bytes(memory['total_bytes'].mean())} each")
+    assert "every task kept the test accuracy it has alone" in lines[1] and "50 images/s against 20" in lines[2]
+    assert "(largest difference 0)" in lines[3] and lines[4] == overlap.far_vs_near()
+    lines = findings.many_tasks(memory, totals, same.assign(mixed=[0.5, 0.6]), speed, 1e-6, overlap,
+                                rss={"rss_bytes": 5120, "tensor_bytes": 4096})
+    assert "5.0 KiB per task, for 4.0 KiB of tensors" in lines[1]
+    assert "differs" in lines[2] and "`t1` 60.0% (alone 70.0%)" in lines[2] and "to within 1e-06" in lines[4]

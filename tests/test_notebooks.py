@@ -132,6 +132,7 @@ BAD_PARAMETERS = {
     "06_multitask": {"baselines": ["packnet"]},
     "07_explorer": {"methods": ["piggyback", "lora"]},
     "08_baselines": {"init_tasks": ["imagenet"]},
+    "09_many_tasks": {"tasks_in_memory": 0},
 }
 """A wrong value per notebook; any other notebook gets ``epochs="three"``."""
 
