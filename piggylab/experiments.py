@@ -208,7 +208,9 @@ def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, task: str | None = 
     else:
         if hit.task_file is not None:
             load_task(net, hit.task_file, task=task)
-        result = RunResult({**hit.row, "name": task}, hit.history, cached=True)
+        # the run is the same, its name here is this spec's (another notebook may have labelled it otherwise)
+        result = RunResult({**hit.row, "name": task, "label": spec.name}, hit.history.assign(label=spec.name),
+                           cached=True)
     if checkpoint is not None and result.row["status"] == "done":  # a cached run's: killed after it was stored
         checkpoint.unlink(missing_ok=True)
     return result

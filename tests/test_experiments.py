@@ -93,6 +93,10 @@ def test_the_cache_trains_a_run_once_and_a_changed_setting_trains_again(backbone
     again_net = pl.PiggybackNet(backbone)
     again = experiments.run(again_net, data, _spec("piggyback"), cache=cache)
     assert not first.cached and again.cached and again.row == first.row
+    relabelled = experiments.run(pl.PiggybackNet(backbone), data, experiments.RunSpec(_spec("piggyback").config,
+                                                                                     label="binary"), cache=cache)
+    assert relabelled.cached and relabelled.row["label"] == "binary"  # the same run, named by this spec
+    assert set(relabelled.history["label"]) == {"binary"}
     assert again_net.is_frozen("toy")  # the task was loaded from its task file, mask and head included
     assert again.history.equals(first.history)
     entries = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
