@@ -58,8 +58,8 @@ def test_quickstart_on_the_paper_path(paper_root, masked_weights, tmp_path):
 
 @pytest.mark.slow
 def test_baselines_on_the_paper_path(paper_root, masked_weights, tmp_path):
-    metrics = run_notebook("08_baselines", tmp_path, paper_root, tasks=["cubs", "cars"], init_tasks=["cubs"],
-                           early_epochs=0)
+    metrics = run_notebook("08_baselines", tmp_path, paper_root, tasks=["cubs", "cars"], packnet_tasks=["cubs", "cars"],
+                           init_tasks=["cubs"], early_epochs=0)
     rows = metrics["results"]
     for task in ("cubs", "cars"):
         check_baselines(rows, task, masked_weights)
