@@ -36,7 +36,7 @@ import copy
 import inspect
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -609,16 +609,15 @@ def each_sample(layer: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 @contextmanager
-def _cpu_kernels(mkldnn: bool, nnpack: bool) -> Iterator[None]:
-    """PyTorch's oneDNN and NNPACK convolutions allowed or not, then as they were."""
-    before = torch._C._get_mkldnn_enabled(), torch._C._get_nnpack_enabled()
-    torch._C._set_mkldnn_enabled(mkldnn and before[0])
-    torch._C._set_nnpack_enabled(nnpack and before[1])
-    try:
+def _only_kernel(mkldnn: bool) -> Iterator[None]:
+    """NNPACK's convolutions off, oneDNN's too unless `mkldnn`, then as they were."""
+    onednn = torch.backends.mkldnn
+    with ExitStack() as stack:
+        stack.enter_context(torch.backends.nnpack.flags(enabled=False))
+        if not mkldnn:
+            stack.enter_context(onednn.flags(enabled=False, deterministic=onednn.deterministic,
+                                             allow_tf32=onednn.allow_tf32, fp32_precision=onednn.fp32_precision))
         yield
-    finally:
-        torch._C._set_mkldnn_enabled(before[0])
-        torch._C._set_nnpack_enabled(before[1])
 
 
 def _conv_backend(x: Tensor, weight: Tensor, bias: Tensor | None, conv: tuple) -> str:
@@ -634,7 +633,7 @@ def conv2d_samples_apart(x: Tensor, weight: Tensor, bias: Tensor | None, conv: t
     on `Slow2d` keeps the batch off oneDNN and NNPACK); else sample by sample."""
     alone = _conv_backend(x[:1], weight, bias, conv)
     if alone in _BATCH_INVARIANT_CONVS:
-        with _cpu_kernels(mkldnn=alone == "Mkldnn", nnpack=False):
+        with _only_kernel(mkldnn=alone == "Mkldnn"):
             if _conv_backend(x, weight, bias, conv) == alone:
                 return F.conv2d(x, weight, bias, *conv)
     return each_sample(lambda part: F.conv2d(part, weight, bias, *conv), x)
