@@ -79,6 +79,25 @@ KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 """Quiets the kernel process's own log (a plain-TCP warning at start, an interrupt at shutdown, every
 run); the notebook's outputs and errors are unaffected: they reach the executed notebook."""
 
+LOCAL_WORKER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+}
+"""Dask configuration for the local workers, which spend minutes waiting for one notebook each
+while its kernel (a child process, which inherits their environment) trains.
+
+- Not Dask's default ``MALLOC_TRIM_THRESHOLD_=65536``: any fixed threshold turns off glibc's
+  adaptive mmap threshold, so every large tensor a training step frees and allocates again is a
+  fresh mmap, with its page faults. On 2 cores the kernels spent 40% of their time in the system,
+  and each run took 2.3x as long as from papermill alone.
+- Their event-loop tick (20 ms) and memory monitors (100 ms, 500 ms) less often: each wake-up
+  preempts a kernel. Runs then took 1.2x, not 1.35x (`benchmarks/RESULTS.md`, "The batch's workers").
+
+A remote cluster's workers want the first too (``MALLOC_TRIM_THRESHOLD_: null`` under
+``distributed.nanny.pre-spawn-environ`` in their Dask configuration)."""
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -423,6 +442,7 @@ def dask_client(scheduler: str = "local", workers: int = 2) -> Iterator[Any]:
     """A `distributed.Client`: on a new LocalCluster (`local`: `workers` processes, one thread
     each, BLAS/OpenMP threads = cores // workers; `local-threads`: threads in this process) or
     connected to a running scheduler at the address `scheduler` (e.g. ``tcp://gpu-node:8786``)."""
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler not in LOCAL_SCHEDULERS:
@@ -438,8 +458,9 @@ def dask_client(scheduler: str = "local", workers: int = 2) -> Iterator[Any]:
     nanny_log = logging.getLogger("distributed.nanny")
     level = nanny_log.level
     try:
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                          dashboard_address=dashboard, **options) as cluster:
+        with dask.config.set(LOCAL_WORKER_CONFIG), LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=processes, dashboard_address=dashboard,
+                **options) as cluster:
             with Client(cluster) as client:
                 yield client
             # The work is done: a worker process slow to exit on a loaded machine is killed, quietly.
