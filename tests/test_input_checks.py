@@ -76,6 +76,10 @@ def test_evaluate_refuses_what_the_trainer_refuses(backbone):
         pl.evaluate(net, loader_of(IMAGES[:, :2], LABELS), device="cpu")  # the active task
     with pytest.raises(TypeError, match="evaluation of task 'fonts': labels must be integer"):
         pl.evaluate(net, loader_of(IMAGES, LABELS.double()), device="cpu")
+    with pytest.raises(ValueError, match=r"task 'fonts': expected images of shape \(N, 3, H, W\), got \(8, 32, 32\)"):
+        pl.evaluate(net, loader_of(IMAGES[:, 0], LABELS), device="cpu")  # no channel dimension
+    with pytest.raises(TypeError, match="evaluation of task 'fonts': images must be floating point"):
+        pl.evaluate(net, loader_of((IMAGES * 255).to(torch.uint8), LABELS), device="cpu")
 
 
 def test_a_plain_model_is_named_by_its_run_and_its_first_layer_may_be_linear():
