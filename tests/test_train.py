@@ -248,7 +248,8 @@ def test_recalibrate_batchnorm_is_the_plain_average_over_the_loader():
     bn.running_mean.fill_(5.0)
     bn.running_var.fill_(9.0)
     x = torch.randn(32, 3, 8, 8) * 2 + 1
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(32, dtype=torch.long)), batch_size=8)
+    dataset = torch.utils.data.TensorDataset(x, torch.zeros(32, dtype=torch.long))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8)
     weight = conv.weight.detach().clone()
     assert pl.recalibrate_batchnorm(model, [bn], loader, device="cpu") == 32
     with torch.no_grad():
