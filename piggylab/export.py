@@ -69,23 +69,23 @@ def export_bytes(model: nn.Module, fmt: str, example: Tensor, metadata: dict[str
     """`model` in format `fmt` (`EXPORT_FORMATS`), as the file's bytes. `example` is a batch of
     inputs the program formats trace (the batch dimension stays dynamic for pt2 and ONNX)."""
     check_choice(fmt, EXPORT_FORMATS, "export format")
-    model = model.eval()
+    model, metadata = model.eval(), metadata or {}
     if fmt == "safetensors":
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        return st_save(state, metadata or {})
+        return st_save(state, metadata)
     buffer = io.BytesIO()
     if fmt == "torchscript":
         with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.export (pt2)
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.jit.trace(model, example, check_trace=False)
-            torch.jit.save(program, buffer, _extra_files={"piggylab.json": json.dumps(metadata or {})})
+            torch.jit.save(program, buffer, _extra_files={"piggylab.json": json.dumps(metadata)})
         return buffer.getvalue()
     batch = torch.export.Dim("batch", min=1)
     if fmt == "pt2":
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        torch.export.save(program, buffer, extra_files={"piggylab.json": json.dumps(metadata or {})})
+        torch.export.save(program, buffer, extra_files={"piggylab.json": json.dumps(metadata)})
         return buffer.getvalue()
-    return _onnx_bytes(model, example, batch, metadata or {})
+    return _onnx_bytes(model, example, batch, metadata)
 
 
 def _onnx_bytes(model: nn.Module, example: Tensor, batch, metadata: dict[str, str]) -> bytes:
@@ -146,16 +146,20 @@ def run_export(path: str | Path, fmt: str, x: Tensor, like: nn.Module | None = N
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0])
 
 
-def export_difference(net: MultiTaskNet, task: str, path: str | Path, fmt: str, x: Tensor) -> float:
+def export_difference(net: MultiTaskNet, task: str, path: str | Path, fmt: str, x: Tensor,
+                      like: nn.Module | None = None) -> float:
     """The largest absolute difference between the exported file's outputs on `x` and the
     network's for `task` (in eval mode, float32 on the CPU: 0.0 for every format but ONNX,
-    whose runtime computes with its own kernels)."""
+    whose runtime computes with its own kernels). A safetensors file is loaded into `like`
+    (`run_export`; default: `export_task(net, task)`, made only for that format)."""
+    if like is None and fmt == "safetensors":
+        like = export_task(net, task)
     with torch.no_grad(), net.keeping_active_task():
         net.set_task(task)
         training = net.training
         expected = net.eval()(x)
         net.train(training)
-    return float((run_export(path, fmt, x, like=export_task(net, task)) - expected).abs().max())
+    return float((run_export(path, fmt, x, like=like) - expected).abs().max())
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ def export_task_file(task_file: str | Path, out: str | Path, *, backbone: str, w
     write_export(plain, out, fmt, example_input(plain, size), force=force, metadata=metadata)
     difference = None
     if check and (fmt != "onnx" or _has_module("onnxruntime")):
-        difference = export_difference(net, task, out, fmt, example_input(plain, size, batch=4, seed=1))
+        difference = export_difference(net, task, out, fmt, example_input(plain, size, batch=4, seed=1), like=plain)
     return ExportResult(out, fmt, task, info.num_classes, out.stat().st_size, difference)
 
 
