@@ -64,9 +64,15 @@ def sparsity_by_task(net: PiggybackNet, tasks: list[str] | None = None) -> pd.Da
 
 def finetuned_bytes(net: PiggybackNet, task: str) -> int:
     """Bytes of a float32 fine-tuned copy of the whole network for `task` (the baseline)."""
-    backbone = sum(t.numel() for t in net.backbone_state().values() if t.is_floating_point())
-    head = sum(p.numel() for p in net.heads.heads[task].parameters())
-    return 4 * (backbone + head)
+    return _float32_backbone_bytes(net) + _float32_head_bytes(net, task)
+
+
+def _float32_backbone_bytes(net: PiggybackNet) -> int:
+    return 4 * sum(t.numel() for t in net.backbone_state().values() if t.is_floating_point())
+
+
+def _float32_head_bytes(net: PiggybackNet, task: str) -> int:
+    return 4 * sum(p.numel() for p in net.heads.heads[task].parameters())
 
 
 def storage_table(net: PiggybackNet, tasks: list[str] | None = None) -> pd.DataFrame:
@@ -99,16 +105,18 @@ def task_memory(net: PiggybackNet, tasks: Sequence[str] | None = None) -> pd.Dat
     (a task still in training: 4 bytes per weight), its head and its batchnorm copy.
     The backbone and the active task's merged weights are shared (`shared_memory`)."""
     rows = []
+    layers = [masks for _, masks, _ in net.masked_weights()]
+    weights = net.num_masked_weights
     for task in list(net.tasks) if tasks is None else tasks:
         info = net.check_task(task)
-        layers = [masks for _, masks, _ in net.masked_weights()]
         mask = _nbytes(m.packed[task] for m in layers if task in m.packed)
         scores = _nbytes(m.scores[task] for m in layers if task in m.scores)
-        head = _nbytes(net.heads.heads[task].parameters())
-        bn = _nbytes(t for _, b in net.batchnorms() if task in b.per_task for t in b.per_task[task].state_dict().values())
-        rows.append({"task": task, "frozen": info.frozen, "mask_bytes": mask, "scores_bytes": scores, "head_bytes": head,
-                     "bn_bytes": bn, "total_bytes": mask + scores + head + bn,
-                     "mask_bits_per_weight": 8 * mask / net.num_masked_weights})
+        state = net.task_state(task)
+        head = _nbytes(v for k, v in state.items() if k.startswith("head."))
+        bn = _nbytes(v for k, v in state.items() if k.startswith("bn."))
+        rows.append({"task": task, "frozen": info.frozen, "mask_bytes": mask, "scores_bytes": scores,
+                     "head_bytes": head, "bn_bytes": bn, "total_bytes": mask + scores + head + bn,
+                     "mask_bits_per_weight": 8 * mask / weights})
     return pd.DataFrame(rows, columns=MEMORY_COLUMNS)
 
 
@@ -130,7 +138,8 @@ def memory_totals(net: PiggybackNet, tasks: Sequence[str] | None = None) -> pd.D
     (`finetuned_bytes`). Columns: tasks, approach (`PIGGYBACK_MEMORY`, `FINETUNED_MEMORY`), bytes."""
     memory = task_memory(net, tasks)
     held = memory["total_bytes"].cumsum().tolist()
-    copies = list(itertools.accumulate(finetuned_bytes(net, task) for task in memory["task"]))
+    backbone = _float32_backbone_bytes(net)  # once: each task's copy differs only by its head (`finetuned_bytes`)
+    copies = list(itertools.accumulate(backbone + _float32_head_bytes(net, task) for task in memory["task"]))
     shared = sum(shared_memory(net).values())
     counts = sorted({10**i for i in range(len(str(len(held))))} | {len(held)}) if held else []
     rows = [row for k in counts for row in ({"tasks": k, "approach": PIGGYBACK_MEMORY, "bytes": shared + held[k - 1]},
@@ -232,6 +241,14 @@ def _jaccard(both: float, either: float) -> float:
     return both / either if either else float("nan")
 
 
+def _pair_row(task_a: str, task_b: str, layer: str, depth: int, off_a: int, off_b: int, both: int, n: int,
+              chance_both: float, chance_either: float) -> dict:
+    """One row of `MaskOverlap.pairs`: two tasks' switched-off weights in `layer` (or overall)."""
+    return {"task_a": task_a, "task_b": task_b, "layer": layer, "depth": depth, "weights": n, "off_a": off_a,
+            "off_b": off_b, "off_both": both, "off_either": off_a + off_b - both,
+            "jaccard": _jaccard(both, off_a + off_b - both), "chance": _jaccard(chance_both, chance_either)}
+
+
 def mask_overlap(net: PiggybackNet, tasks: Sequence[str] | None = None) -> MaskOverlap:
     """For every pair of `tasks` (default: all the network's), how their switched-off weights
     overlap, per masked layer and overall, and which weights every task switches off
@@ -243,30 +260,22 @@ def mask_overlap(net: PiggybackNet, tasks: Sequence[str] | None = None) -> MaskO
     net.check_tasks(tasks)
     pairs = list(itertools.combinations(range(len(tasks)), 2))
     rows, common = [], []
-    totals = {pair: [0, 0, 0, 0, 0.0, 0.0] for pair in pairs}  # off_a, off_b, both, weights, chance both, chance either
-    every_total = weights_total = 0
+    totals = {pair: [0, 0, 0, 0, 0.0, 0.0] for pair in pairs}  # `_pair_row`'s counts, summed over the layers
     for depth, (layer, masks, weight) in enumerate(net.masked_weights()):
         n = weight.numel()
         off = torch.stack([masks.mask(t, net.tasks[t].mask).reshape(-1) == 0 for t in tasks])
         counts = _pair_counts(off)
         every = int(off.all(0).sum())
-        every_total += every
-        weights_total += n
-        common.append({"layer": layer, "depth": depth, "weights": n, "off_every": every, "off_every_fraction": every / n})
+        common.append({"layer": layer, "depth": depth, "weights": n, "off_every": every,
+                       "off_every_fraction": every / n})
         for a, b in pairs:
             off_a, off_b, both = int(counts[a, a]), int(counts[b, b]), int(counts[a, b])
             chance_both = off_a * off_b / n
-            rows.append({"task_a": tasks[a], "task_b": tasks[b], "layer": layer, "depth": depth, "weights": n,
-                         "off_a": off_a, "off_b": off_b, "off_both": both, "off_either": off_a + off_b - both,
-                         "jaccard": _jaccard(both, off_a + off_b - both),
-                         "chance": _jaccard(chance_both, off_a + off_b - chance_both)})
-            total = totals[(a, b)]
-            for i, v in enumerate((off_a, off_b, both, n, chance_both, off_a + off_b - chance_both)):
-                total[i] += v
-    for (a, b), (off_a, off_b, both, n, chance_both, chance_either) in totals.items():
-        rows.append({"task_a": tasks[a], "task_b": tasks[b], "layer": OVERALL, "depth": -1, "weights": n,
-                     "off_a": off_a, "off_b": off_b, "off_both": both, "off_either": off_a + off_b - both,
-                     "jaccard": _jaccard(both, off_a + off_b - both), "chance": _jaccard(chance_both, chance_either)})
+            values = (off_a, off_b, both, n, chance_both, off_a + off_b - chance_both)
+            rows.append(_pair_row(tasks[a], tasks[b], layer, depth, *values))
+            totals[(a, b)] = [total + value for total, value in zip(totals[(a, b)], values)]
+    rows += [_pair_row(tasks[a], tasks[b], OVERALL, -1, *total) for (a, b), total in totals.items()]
+    every_total, weights_total = sum(r["off_every"] for r in common), sum(r["weights"] for r in common)
     common.append({"layer": OVERALL, "depth": -1, "weights": weights_total, "off_every": every_total,
                    "off_every_fraction": every_total / weights_total if weights_total else float("nan")})
     return MaskOverlap(tasks, pd.DataFrame(rows, columns=OVERLAP_COLUMNS), pd.DataFrame(common, columns=COMMON_COLUMNS))
