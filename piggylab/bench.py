@@ -485,7 +485,7 @@ def frozen_tasks_probe(backbone: str, tasks: int, zero_fraction: float) -> dict:
     that already serves one frozen task (so its merged weights exist before): measured as
     the tensors the network holds and as the process's resident set (Linux). Runs in a
     fresh process (`in_fresh_process`)."""
-    net = PiggybackNet(build_backbone(backbone), backbone_name=backbone)
+    net = build_net(backbone, torch.device("cpu"), tasks=())
     net.add_task("first", NUM_CLASSES, masks=random_masks(net, zero_fraction, seed=0))
     before_tensors, before_rss = _held_tensor_bytes(net), _settled_rss()
     for i in range(1, tasks + 1):
@@ -526,11 +526,15 @@ def mixed_batch_speed(net: MultiTaskNet, x: Tensor, tasks: Sequence[str], device
                     net.set_task(name)
                 net(x[i : i + 1])
 
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(tasks):
+        groups.setdefault(name, []).append(i)
+
     def grouped_inexact() -> None:
         with torch.inference_mode():
-            for name in dict.fromkeys(tasks):
+            for name, index in groups.items():
                 net.set_task(name)
-                net(x[[i for i, t in enumerate(tasks) if t == name]])
+                net(x[index])
 
     def predict() -> None:
         with torch.inference_mode():
