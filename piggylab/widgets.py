@@ -85,8 +85,8 @@ from .experiments import RunSpec, run, train_config
 from .explorer_figures import (add_run_traces, curve_layout, display_data, draw_growth, draw_mask, draw_sparsity, fill_sweep_cell,
                                growth_layout, mask_layout, runs_html, sparsity_layout, start_sweep, store_view_state,
                                sweep_layout)
-from .io import atomic_write_bytes
 from .masked import DEFAULT_SCALE, DEFAULT_THRESHOLD, INIT_SCHEMES, MASK_KINDS, MaskConfig
+from .notebook import write_table
 from .piggyback import BN_MODES, METHODS, PiggybackNet
 from .train import Trainer, resolve_device
 
@@ -128,7 +128,8 @@ GROWTH_COLUMNS = ["run", "epoch", "step", *SPARSITY_COLUMNS]
 """`Explorer.growth`: each layer's sparsity at each epoch's end (``epoch``: a fraction for a stopped
 run's last, partial epoch)."""
 
-RUNS_FILE, LAYERS_FILE, GROWTH_FILE = "runs.csv", "layers.csv", "growth.csv"
+RUNS, LAYERS, GROWTH = "runs", "layers", "growth"
+"""The explorer's folder holds them as ``<name>.csv`` (`piggylab.notebook.write_table`)."""
 
 STATE_EVERY_S = 5.0
 """While a run trains, the live curve's whole widget state is stored at most this often."""
@@ -156,7 +157,7 @@ def default_backbone() -> tuple[nn.Module, str]:
 
 def recipe_rates(method: str, bn_mode: str) -> dict[str, float]:
     """The learning rates (``lr``, ``lr_scores``) of the lab's embedded recipe for `method` in `bn_mode`."""
-    config = train_config(method, "embedded", bn_mode=None if method == "finetune" else bn_mode)
+    config = train_config(method, "embedded", bn_mode=bn_mode)
     return {"lr": config.lr, "lr_scores": config.lr_scores}
 
 
@@ -174,8 +175,8 @@ class RunSettings:
     init: str = "constant"
     scale: float = DEFAULT_SCALE["constant"]
     threshold: float = DEFAULT_THRESHOLD
-    lr: float = train_config("piggyback", "embedded").lr
-    lr_scores: float = train_config("piggyback", "embedded").lr_scores
+    lr: float = recipe_rates("piggyback", "frozen")["lr"]
+    lr_scores: float = recipe_rates("piggyback", "frozen")["lr_scores"]
     epochs: int = 3
     bn_mode: str = "frozen"
 
@@ -190,15 +191,15 @@ class RunSettings:
         these learning rates and epochs (fine-tuning always trains BN, so it gets no `bn_mode`).
         Raises ValueError naming a bad setting."""
         config = train_config(self.method, "embedded", epochs=self.epochs, lr=self.lr, lr_scores=self.lr_scores,
-                              device=device, seed=seed, bn_mode=None if self.method == "finetune" else self.bn_mode)
+                              device=device, seed=seed, bn_mode=self.bn_mode)
         return RunSpec(config, self.mask_config(), label)
 
     def row(self) -> dict[str, Any]:
         """The settings as the runs table has them, those the method does not use set to None."""
-        row = {name: value for name, value in asdict(self).items() if name != "scale"}
-        row["init_scale"] = self.scale
+        row = asdict(self)
         if self.method != "piggyback":
-            row.update(dict.fromkeys(["mask_kind", "init", "init_scale", "threshold", "lr_scores"]))
+            row.update(dict.fromkeys(MASK_SETTINGS))
+        row["init_scale"] = row.pop("scale")
         if self.method == "finetune":  # fine-tuning trains every weight and the BN (the paper's baseline)
             row["bn_mode"] = None
         return row
@@ -340,10 +341,13 @@ class _LiveRun:
     last_draw: float = 0.0
     last_state: float = 0.0
 
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.settings.epochs
+
     def progress(self, stopping: bool) -> str:
-        total = self.steps_per_epoch * self.settings.epochs
         text = (f"{self.prefix}training #{self.number} {html.escape(self.settings.label())}: epoch "
-                f"{self.epoch}/{self.settings.epochs}, step {len(self.steps)}/{total}")
+                f"{self.epoch}/{self.settings.epochs}, step {len(self.steps)}/{self.total_steps}")
         if self.losses:
             text += f", loss {self.losses[-1]:.3f}"
         if self.accuracies:
@@ -723,12 +727,13 @@ class Explorer:
             self._show_error(exc)
             return row
         row.update({**result.row, **settings.row(), "error": None})
-        layers = layer_sparsity(self.net, task) if task in self.net.tasks else None
+        layers = None
         if task in self.net.tasks:
+            layers = layer_sparsity(self.net, task)
             self._tasks[number] = task
         self._draw(job, live, final=True)
         self._record(job, row, layers, live.growth)
-        self._set_status(f"{prefix}{_ending(row, settings, live)}")
+        self._set_status(f"{prefix}{_ending(row, live)}")
         return row
 
     def _record(self, job: _Job, row: dict[str, Any], layers: pd.DataFrame | None,
@@ -740,20 +745,22 @@ class Explorer:
                 self.layers[row["run"]] = layers
             self._growth += growth
         job.rows.append(row)
-        self._save()
-        self.runs_table.value = runs_html(self.runs)
+        runs = self.runs
+        self._save(runs)
+        self.runs_table.value = runs_html(runs)
         if layers is not None:
             draw_sparsity(self.sparsity_figure, layers, f"Mask sparsity per layer: run #{row['run']}, "
                           f"{html.escape(row['task'])} ({row['method']}), {row['status']}")
             self._render("sparsity")
         self._update_mask_runs(select=row["run"] if growth or row["run"] in self._tasks else None)
 
-    def _save(self) -> None:
+    def _save(self, runs: pd.DataFrame) -> None:
+        """Write the runs table (`runs`, as `runs` is now), the layer table and the growth."""
         if self.folder is None:
             return
-        _write_csv(self.folder / RUNS_FILE, self.runs)
-        _write_csv(self.folder / LAYERS_FILE, self.layer_table())
-        _write_csv(self.folder / GROWTH_FILE, self.growth)
+        write_table(runs, self.folder, RUNS)
+        write_table(self.layer_table(), self.folder, LAYERS)
+        write_table(self.growth, self.folder, GROWTH)
 
     # -- a sweep ---------------------------------------------------------------------
     def _show_knobs(self, sweep: Sweep) -> None:
@@ -790,7 +797,6 @@ class Explorer:
                     (sweep.names[1], [_number(y) for y in ys]) if ys else ("", [""]))
         self._render("sweep_figure")
         start = time.perf_counter()
-        last = None
         for k, ((i, j), values, settings) in enumerate(cells, start=1):
             if job.stop.is_set():
                 break
@@ -803,9 +809,7 @@ class Explorer:
                             last["status"])
             self._render("sweep_figure")
             if self.folder is not None:
-                _write_csv(self.folder / f"sweep-{number}.csv", self.sweep_table(number))
-            if last["status"] == "stopped":
-                break
+                write_table(self.sweep_table(number), self.folder, f"sweep-{number}")
         self._set_status(_sweep_ending(number, sweep, job.rows, len(cells), time.perf_counter() - start,
                                        stopped=job.stop.is_set()))
 
@@ -892,12 +896,11 @@ class Explorer:
 
 # -- endings --------------------------------------------------------------------------------
 
-def _ending(row: dict[str, Any], settings: RunSettings, live: _LiveRun) -> str:
+def _ending(row: dict[str, Any], live: _LiveRun) -> str:
     """The status line of a run that ended: done or stopped, with its numbers."""
-    total = live.steps_per_epoch * settings.epochs
     head = f"done: run #{row['run']}" if row["status"] == "done" else (
-        f"stopped: run #{row['run']} after step {row['steps']} of {total}")
-    return (f"{head}, {html.escape(settings.label())}: test accuracy {row['accuracy']:.1%}, val accuracy "
+        f"stopped: run #{row['run']} after step {row['steps']} of {live.total_steps}")
+    return (f"{head}, {html.escape(live.settings.label())}: test accuracy {row['accuracy']:.1%}, val accuracy "
             f"{row['val_accuracy']:.1%}, mask sparsity {row['sparsity']:.2%}, {row['train_s']:.1f} s")
 
 
@@ -919,17 +922,13 @@ def _sweep_ending(number: int, sweep: Sweep, rows: list[dict[str, Any]], cells: 
 
 # -- files ----------------------------------------------------------------------------------
 
-def _write_csv(path: Path, table: pd.DataFrame) -> None:
-    atomic_write_bytes(path, table.to_csv(index=False).encode())
-
-
 def _read_folder(folder: Path | None) -> tuple[list[dict[str, Any]], dict[int, pd.DataFrame], list[dict[str, Any]]]:
     """The runs, per-run layer tables and growth records kept in `folder` (nothing if absent)."""
-    if folder is None or not (folder / RUNS_FILE).exists():
+    if folder is None or not (folder / f"{RUNS}.csv").exists():
         return [], {}, []
-    runs = _read_csv(folder / RUNS_FILE, RUN_COLUMNS)
-    layers = _read_csv(folder / LAYERS_FILE, LAYER_COLUMNS)
-    growth = _read_csv(folder / GROWTH_FILE, GROWTH_COLUMNS)
+    runs = _read_csv(folder / f"{RUNS}.csv", RUN_COLUMNS)
+    layers = _read_csv(folder / f"{LAYERS}.csv", LAYER_COLUMNS)
+    growth = _read_csv(folder / f"{GROWTH}.csv", GROWTH_COLUMNS)
     runs["sweep"] = runs["sweep"].astype("Int64")
     rows = [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in runs.to_dict("records")]
     tables = {int(n): t.drop(columns="run").reset_index(drop=True) for n, t in layers.groupby("run", sort=False)}
