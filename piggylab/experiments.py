@@ -59,8 +59,8 @@ validation splits of the embedded tasks, never on test: `scripts/choose_recipes.
 is data/recipes.csv (every candidate's validation and test accuracy per task; the chosen ones
 have the best mean validation accuracy over the tasks). Fine-tuning trains every weight and
 its BN; a classifier-only task keeps the backbone's frozen BN unless asked. With frozen BN the
-scores learn more slowly than with task BN: the masks then also have to absorb the task's shift
-in low-level statistics, and at 5e-4 they switch off whole early layers on the far tasks."""
+scores learn more slowly than with task BN: at 5e-4 they switch off whole early layers on the far
+tasks."""
 
 EMBEDDED_DECAY_AT = 2 / 3
 """Embedded recipe: the learning rate drops x0.1 after this fraction of the epochs (the
