@@ -40,6 +40,7 @@ CONSISTENCY_BATCHES = 40
 
 
 def _setup(task: str, backbone: str | None):
+    """In a worker: one thread; the lab's modules, `task`'s data, a tiny backbone and the training loader."""
     import torch
 
     torch.set_num_threads(1)
@@ -49,7 +50,8 @@ def _setup(task: str, backbone: str | None):
     from piggylab.datasets import load_data, make_loaders
 
     data = load_data(task, seed=0, scale=experiments.EMBEDDED_SCALE)
-    return pl, experiments, data, load_tiny_backbone(backbone), make_loaders(data, experiments.RECIPE_BATCH_SIZE["embedded"])[0]
+    train = make_loaders(data, experiments.RECIPE_BATCH_SIZE["embedded"])[0]
+    return pl, experiments, data, load_tiny_backbone(backbone), train
 
 
 def train_variant(variant: str, task: str, deeper: str) -> pd.DataFrame:
@@ -117,11 +119,12 @@ def thirds(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from piggylab.datasets import EMBEDDED_TASKS
     from piggylab.io import atomic_write_text
     from piggylab.pretrain import pretrain_tiny_backbone
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="*", default=["greek", "accents", "sketch", "textured", "fonts"])
+    parser.add_argument("--tasks", nargs="*", default=list(EMBEDDED_TASKS))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--deeper-backbone", type=Path, default=None,
                         help="a checkpoint of the deeper backbone (default: pretrain one into --out)")
