@@ -9,7 +9,7 @@ with the best mean *validation* accuracy over the tasks is marked ``chosen``; th
 plays no part in the choice. `piggylab.experiments.EMBEDDED_RECIPES` holds the chosen ones
 and data/recipes.csv the committed run of this script.
 
-    python scripts/choose_recipes.py --jobs 2          # 55 runs; about 21 minutes on 2 idle cores
+    python scripts/choose_recipes.py --jobs 2          # 55 runs; 21-25 minutes on 2 idle cores
 
 Each run trains in its own worker process with one thread (generated data is cached per
 process, so a fresh process per run keeps the runs independent).
@@ -30,7 +30,8 @@ CANDIDATES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("classifier", "frozen"): [{"lr": 1e-2}, {"lr": 3e-2}],
     ("piggyback", "frozen"): [{"lr_scores": 1e-4, "warmup_epochs": 0}, {"lr_scores": 1e-4, "warmup_epochs": 1},
                               {"lr_scores": 2e-4, "warmup_epochs": 1}, {"lr_scores": 3e-4, "warmup_epochs": 1}],
-    ("piggyback", "task"): [{"lr_scores": 2e-4}, {"lr_scores": 5e-4}, {"lr_scores": 5e-4, "warmup_epochs": 1}],
+    ("piggyback", "task"): [{"lr_scores": 2e-4, "warmup_epochs": 0}, {"lr_scores": 5e-4, "warmup_epochs": 0},
+                            {"lr_scores": 5e-4, "warmup_epochs": 1}],
     ("finetune", "task"): [{"lr": 1e-3, "optimizer": "adam"}, {"lr": 3e-2, "optimizer": "sgd"}],
 }
 """Candidate settings per (method, BN mode), each on top of the recipe's defaults (which are the
