@@ -125,13 +125,11 @@ lab.finish(results)
 #
 # 1. **A larger threshold.** Add `2e-2` to `thresholds`: the constant init (1e-2) then starts
 #    *below* tau. Predict the initial sparsity and the accuracy, then check.
-# 2. **Depth.** In the heatmap, find the layer with the most zeros for `fonts`. Is it a
-#    downsampling (1x1) conv or a 3x3 one? Why might it be?
-# 3. **Entropy coding.** Predict the `rice` size of a mask with 1% zeros against one with 20%,
-#    then compare two rows of the storage table.
-# 4. **Depth and batchnorm.** On the embedded tasks, frozen-BN masks change the first third of
+# 2. **Depth and batchnorm.** On the embedded tasks, frozen-BN masks change the first third of
 #    the layers more than the last (the paper's Fig. 3 finds the opposite; data/README.md, "The
 #    misses"). Train one task with its own BN and compare the thirds:
 #    `rows, _ = lab.compare(net, lab.data("accents"), [lab.spec("piggyback", bn_mode="task")])`,
 #    then `pd.concat([main, rows])[["task", "label", "first_third_sparsity", "last_third_sparsity"]]`.
 #    `scripts/depth_diagnostics.py` tests four explanations of the difference.
+# 3. **Entropy coding.** Predict the `rice` size of a mask with 1% zeros against one with 20%,
+#    then compare two rows of the storage table.
