@@ -69,8 +69,7 @@ def train_variant(variant: str, task: str, deeper: str) -> pd.DataFrame:
     epochs = 3 * experiments.RECIPE_EPOCHS["embedded"] if variant == "longer" else None
     config = experiments.train_config("piggyback", bn_mode="frozen", device="cpu", seed=0, epochs=epochs)
     net = pl.PiggybackNet(backbone, backbone_name="tiny")
-    batch_size = experiments.RECIPE_BATCH_SIZE["embedded"]
-    row = experiments.run(net, data, experiments.RunSpec(config), batch_size=batch_size).row
+    row = experiments.run(net, data, experiments.RunSpec(config), batch_size=train.batch_size).row
     return layer_sparsity(net, row["name"]).assign(variant=variant, task=task, val_accuracy=row["val_accuracy"],
                                                    accuracy=row["accuracy"])
 
@@ -81,12 +80,13 @@ def gradient_consistency(task: str, bn_mode: str) -> pd.DataFrame:
     import torch
     import torch.nn.functional as F
 
-    pl, _, data, backbone, train = _setup(task, None)
+    pl, experiments, data, backbone, train = _setup(task, None)
     torch.manual_seed(0)
     net = pl.PiggybackNet(backbone, backbone_name="tiny")
     net.add_task(task, data.num_classes, task_bn=bn_mode == "task", seed=0)
     net.train()
-    head = torch.optim.Adam(net.task_parameters(task, scores=False, bn=False), lr=1e-2)
+    head_lr = experiments.EMBEDDED_RECIPES[("piggyback", bn_mode)]["lr"]
+    head = torch.optim.Adam(net.task_parameters(task, scores=False, bn=False), lr=head_lr)
     for x, y in train:
         head.zero_grad()
         F.cross_entropy(net(x), y).backward()
