@@ -57,7 +57,6 @@ output_dir = "runs/03_ternary_vs_binary"  # metrics.json, tables (CSV) and figur
 cache_dir = None        # finished runs to reuse (the batch runner sets it, so a run trains once per batch)
 
 # %%
-import pandas as pd
 
 import piggylab as pl
 from piggylab import findings, notebook, plots
@@ -80,8 +79,7 @@ net = lab.network()
 live = plots.LiveCurve(("loss", "val_acc", "sparsity"), title="Binary and ternary masks")
 live.show()
 specs = [lab.spec("piggyback", label=kind, mask=pl.MaskConfig(kind=kind), bn_mode=bn_mode) for kind in mask_kinds]
-parts = [lab.compare(net, lab.data(task), specs, live=live) for task in tasks]
-results = pd.concat([rows for rows, _ in parts], ignore_index=True)
+results, _ = lab.compare(net, [lab.data(task) for task in tasks], specs, live=live)
 
 # %% [markdown]
 # ## Look

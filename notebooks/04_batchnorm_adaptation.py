@@ -62,7 +62,6 @@ output_dir = "runs/04_batchnorm_adaptation"  # metrics.json, tables (CSV) and fi
 cache_dir = None        # finished runs to reuse (the batch runner sets it, so a run trains once per batch)
 
 # %%
-import pandas as pd
 
 import piggylab as pl
 from piggylab import findings, notebook, plots
@@ -80,8 +79,7 @@ net = lab.network()
 live = plots.LiveCurve(title="Frozen vs task-specific batchnorm")
 live.show()
 specs = [lab.spec("piggyback"), lab.spec("piggyback", bn_mode="task")] + ([lab.spec("finetune")] if with_finetune else [])
-parts = [lab.compare(net, lab.data(task), specs, live=live) for task in tasks]
-results = pd.concat([rows for rows, _ in parts], ignore_index=True)
+results, _ = lab.compare(net, [lab.data(task) for task in tasks], specs, live=live)
 
 # %% [markdown]
 # ## Look

@@ -88,8 +88,7 @@ for task in tasks:
 
 # %%
 baseline_net = lab.network()
-baseline_rows = pd.concat([lab.compare(baseline_net, data[task], [lab.spec(m) for m in baselines], live=live)[0]
-                           for task in tasks], ignore_index=True)
+baseline_rows, _ = lab.compare(baseline_net, list(data.values()), [lab.spec(m) for m in baselines], live=live)
 results = pd.concat([multitask.results(), baseline_rows], ignore_index=True)
 
 # %% [markdown]

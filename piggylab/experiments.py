@@ -8,7 +8,8 @@
   run from the batch's `piggylab.cache.RunCache`), evaluate it on the test split and return
   a `RunResult`: one result row and the training history. The same function serves every
   notebook and the explorer.
-- `compare(net, data, specs)`: several runs on one task, as a table and stacked histories.
+- `compare(net, data, specs)`: several runs on one task (or each of several), as a table and
+  stacked histories.
 - `copy_task`, `mixed_accuracy`: a trained task copied (into another network, or as a distinct
   task of its own); the tasks' test images served in batches that mix tasks.
 
@@ -23,13 +24,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from filelock import Timeout
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
@@ -159,17 +161,19 @@ class RunResult:
 
 
 def _spec_record(net: PiggybackNet, data: TaskData, spec: RunSpec, batch_size: int) -> dict[str, Any]:
-    """Everything that determines a run, for its cache key (the device is not: results agree)."""
+    """Everything that determines a run, for its cache key (the device is not: results agree;
+    a default init scale is written out, so naming it explicitly is the same run)."""
     config = {k: v for k, v in asdict(spec.config).items() if k != "device"}
+    mask = {**asdict(spec.mask), "scale": spec.mask.init_scale} if spec.method == "piggyback" else None
     return {"backbone": net.fingerprint(), "task": data.name, "origin": data.origin, "sizes": data.sizes(),
-            "config": config, "mask": asdict(spec.mask) if spec.method == "piggyback" else None,
+            "config": config, "mask": mask,
             "batch_size": batch_size}
 
 
 def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, task: str | None = None,
         loaders: tuple[DataLoader, DataLoader, DataLoader] | None = None, batch_size: int = 32,
         cache: RunCache | None = None, callbacks: Mapping[str, Callable] | None = None,
-        progress: bool = False, checkpoint_dir: str | Path | None = None) -> RunResult:
+        progress: bool = False, checkpoint_dir: str | Path | None = None, wait: bool = True) -> RunResult | None:
     """Train `data` as task `task` (default ``data.name``) of `net` by `spec`; see the module docstring.
 
     With a `checkpoint_dir`, the training's state is saved after every epoch in
@@ -191,12 +195,20 @@ def run(net: PiggybackNet, data: TaskData, spec: RunSpec, *, task: str | None = 
     status: ``done``, or ``stopped`` when a callback ended the training early (`Trainer.stop`;
     the row then measures what it trained, and the cache does not keep it), resumed_epoch (the
     epoch its checkpoint had completed when it resumed; 0: trained from the start).
+
+    With ``wait=False``, a run that another process is computing (its cache entry locked)
+    returns None at once instead of waiting for it (`compare` comes back to it later).
     """
     task = task or data.name
     record = _spec_record(net, data, spec, batch_size)
     key = run_key(record)
     checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{key}.ckpt"
-    with cache.lock(key) if cache is not None else nullcontext():
+    with ExitStack() as held:
+        if cache is not None:
+            try:
+                held.enter_context(cache.lock(key, timeout=-1 if wait else 0))
+            except Timeout:
+                return None
         hit = cache.get(key) if cache is not None else None
         if hit is None:
             row, history = _train(net, data, spec, task, loaders, batch_size, callbacks, progress, checkpoint)
@@ -261,24 +273,37 @@ def _train(net: PiggybackNet, data: TaskData, spec: RunSpec, task: str,
     return row, history.assign(label=spec.name, task=data.name)
 
 
-def compare(net: PiggybackNet, data: TaskData, specs: Sequence[RunSpec], *, batch_size: int = 32,
+def compare(net: PiggybackNet, data: TaskData | Sequence[TaskData], specs: Sequence[RunSpec], *, batch_size: int = 32,
             cache: RunCache | None = None, live: LiveCurve | None = None, progress: bool = False,
             checkpoint_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`run` each of `specs` on `data` (with `run`'s `cache` and `checkpoint_dir`); return the
-    result rows and the stacked histories.
+    """`run` each of `specs` on `data`, one task or each of several (with `run`'s `cache` and
+    `checkpoint_dir`); return the result rows (task by task, in `specs`' order) and the
+    stacked histories.
 
     Each run is a task of `net` named ``<task>-<label>``; `live` (a `piggylab.plots.LiveCurve`)
-    draws them as they train, as ``<task>: <label>``.
+    draws them as they train, as ``<task>: <label>``. Runs go spec by spec over the tasks, and
+    with a `cache`, one that another process is training is left for the end: two notebooks of
+    a batch that need the same runs train different ones rather than wait for each other.
     """
-    results = []
-    for spec in specs:
-        callbacks = live.callbacks(f"{data.name}: {spec.name}") if live is not None else None
-        results.append(run(net, data, spec, task=task_name(data.name, spec.name), batch_size=batch_size, cache=cache,
-                           callbacks=callbacks, progress=progress, checkpoint_dir=checkpoint_dir))
-        if live is not None and results[-1].cached:
-            live.add_history(f"{data.name}: {spec.name}", results[-1].history)
-    return (pd.DataFrame([r.row for r in results]),
-            pd.concat([r.history for r in results], ignore_index=True))
+    tasks = list(data) if isinstance(data, Sequence) else [data]
+    order = [(s, t) for s in range(len(specs)) for t in range(len(tasks))]
+    results: dict[tuple[int, int], RunResult] = {}
+    for wait in (False, True):
+        for s, t in order:
+            if (s, t) in results:
+                continue
+            task, spec = tasks[t], specs[s]
+            callbacks = live.callbacks(f"{task.name}: {spec.name}") if live is not None else None
+            result = run(net, task, spec, task=task_name(task.name, spec.name), batch_size=batch_size, cache=cache,
+                         callbacks=callbacks, progress=progress, checkpoint_dir=checkpoint_dir, wait=wait)
+            if result is None:
+                continue
+            results[s, t] = result
+            if live is not None and result.cached:
+                live.add_history(f"{task.name}: {spec.name}", result.history)
+    ordered = [results[s, t] for t in range(len(tasks)) for s in range(len(specs))]
+    return (pd.DataFrame([r.row for r in ordered]),
+            pd.concat([r.history for r in ordered], ignore_index=True))
 
 
 def copy_task(source: PiggybackNet, target: PiggybackNet, task: str, *, name: str | None = None,

@@ -232,10 +232,11 @@ class MaskedLayerFunction(torch.autograd.Function):
     """A conv2d or linear layer of x on ``W * mask(s)``, straight through to s (paper §3).
 
     Keeps x, W and s for backward (which exist anyway), not the masked weight: backward
-    remakes it to get ``dL/dx``, frees it, then computes ``dL/dW_eff`` and turns it into
-    ``dL/ds`` in place. So a layer's backward holds two weight-sized buffers at a time, as
-    fine-tuning's does. Under autocast the layer computes in the autocast type (forward and
-    backward alike); the scores' gradient is float32.
+    remakes it, gets ``dL/dx`` and ``dL/dW_eff`` from it (a conv's both from one
+    `convolution_backward` call: on CPU about a fifth faster than a call each, the same
+    numbers), frees it, then turns ``dL/dW_eff`` into ``dL/ds`` in place. So a layer's backward
+    holds two weight-sized buffers at a time, as fine-tuning's does. Under autocast the layer computes in the autocast
+    type (forward and backward alike); the scores' gradient is float32.
     """
 
     @staticmethod
@@ -257,15 +258,20 @@ class MaskedLayerFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x, weight, scores = ctx.saved_tensors
         need_x, _, need_scores, need_bias = ctx.needs_input_grad[:4]
-        grad_x = grad_scores = grad_bias = None
-        if need_x:
+        grad_x = grad_w = grad_scores = grad_bias = None
+        if ctx.conv is not None and (need_x or need_scores):
+            stride, padding, dilation, groups = ctx.conv
             masked = masked_value(weight, scores, ctx.config).to(grad_out.dtype)
-            grad_x = grad_out @ masked if ctx.conv is None else \
-                torch.nn.grad.conv2d_input(x.shape, masked, grad_out, *ctx.conv)
-            del masked  # freed before the weight's gradient is made
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad_out, x, masked, None, stride, padding, dilation, False, (0, 0), groups,
+                (need_x, need_scores, False))
+            del masked
+        elif ctx.conv is None:
+            if need_x:
+                grad_x = grad_out @ masked_value(weight, scores, ctx.config).to(grad_out.dtype)
+            if need_scores:
+                grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
         if need_scores:
-            grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1]) if ctx.conv is None \
-                else torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, *ctx.conv)
             grad_scores = score_gradient_(grad_w.to(torch.float32).mul_(weight), weight, ctx.config.grad_scaling)
         if need_bias and ctx.has_bias:
             grad_bias = grad_out.sum(tuple(range(grad_out.dim() - 1))) if ctx.conv is None \
@@ -416,7 +422,7 @@ class MaskedLayer(nn.Module):
 
 def _conv_arguments(conv: nn.Conv2d) -> tuple:
     """(stride, padding, dilation, groups) of `conv` with numeric padding, as `F.conv2d` and
-    `torch.nn.grad.conv2d_input` / `conv2d_weight` take them."""
+    `convolution_backward` take them."""
     padding = conv.padding
     if conv.padding_mode != "zeros":
         raise ValueError(f"cannot mask {conv}: only padding_mode='zeros' is supported")

@@ -1,6 +1,7 @@
 """Experiments: recipes, one-task runs and their result rows, the run cache, the order check."""
 
 import json
+import threading
 
 import pytest
 import torch
@@ -97,6 +98,8 @@ def test_the_cache_trains_a_run_once_and_a_changed_setting_trains_again(backbone
                                                                                      label="binary"), cache=cache)
     assert relabelled.cached and relabelled.row["label"] == "binary"  # the same run, named by this spec
     assert set(relabelled.history["label"]) == {"binary"}
+    explicit = pl.MaskConfig(scale=pl.MaskConfig().init_scale)  # the default init scale, named
+    assert experiments.run(pl.PiggybackNet(backbone), data, _spec("piggyback", mask=explicit), cache=cache).cached
     assert again_net.is_frozen("toy")  # the task was loaded from its task file, mask and head included
     assert again.history.equals(first.history)
     entries = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
@@ -188,3 +191,39 @@ def test_a_run_a_callback_stops_says_so_and_is_not_cached(backbone, tmp_path, mo
     assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # a partial run is never reused
     done = experiments.run(pl.PiggybackNet(backbone), data, _spec("piggyback"), cache=cache)
     assert not done.cached and done.row["status"] == "done" and done.row["steps"] == len(data.loaders[0])
+
+
+def test_compare_over_tasks_trains_what_no_one_else_is_training_first(backbone, tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    from piggylab.cache import run_key
+
+    data, other = _Data(), _Data("other")
+    monkeypatch.setattr(experiments, "make_loaders", lambda *a, **k: data.loaders)
+    cache, net = RunCache(tmp_path), pl.PiggybackNet(backbone)
+    specs = [_spec("classifier"), _spec("piggyback")]
+    busy = FileLock(str(tmp_path / f"{run_key(experiments._spec_record(net, data, specs[0], 32))}.lock"),
+                    thread_local=False)
+    busy.acquire()  # as if another notebook were training toy's classifier-only run
+    backstop = threading.Timer(60, busy.release)  # a compare that waits at once fails (below) rather than hangs
+    backstop.start()
+
+    class Trained:  # enough of a LiveCurve: records the order runs train in; the first one ends the other's run
+        order: list[str] = []
+
+        def callbacks(self, run):
+            def on_epoch_end(trainer, record):
+                self.order.append(run)
+                busy.release()
+            return {"on_epoch_end": on_epoch_end}
+
+        def add_history(self, run, history):
+            self.order.append(f"read {run}")
+
+    live = Trained()
+    rows, histories = experiments.compare(net, [data, other], specs, cache=cache, live=live)
+    assert live.order == ["other: classifier", "toy: piggyback", "other: piggyback", "toy: classifier"]
+    assert list(zip(rows["task"], rows["method"])) == [("toy", "classifier"), ("toy", "piggyback"),
+                                                      ("other", "classifier"), ("other", "piggyback")]
+    assert list(histories["task"].unique()) == ["toy", "other"]
+    backstop.cancel()
