@@ -57,7 +57,6 @@ output_dir = "runs/03_ternary_vs_binary"  # metrics.json, tables (CSV) and figur
 cache_dir = None        # finished runs to reuse (the batch runner sets it, so a run trains once per batch)
 
 # %%
-
 import piggylab as pl
 from piggylab import findings, notebook, plots
 

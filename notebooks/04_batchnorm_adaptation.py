@@ -62,7 +62,6 @@ output_dir = "runs/04_batchnorm_adaptation"  # metrics.json, tables (CSV) and fi
 cache_dir = None        # finished runs to reuse (the batch runner sets it, so a run trains once per batch)
 
 # %%
-
 import piggylab as pl
 from piggylab import findings, notebook, plots
 

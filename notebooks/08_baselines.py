@@ -103,8 +103,8 @@ baselines, _ = lab.compare(net, list(data.values()), specs)
 # more; add tasks on a GPU). Each task keeps its seed whatever its turn, so any difference
 # between the orders is the order's doing. PackNet trains each task for `epochs`, prunes
 # `prune_fraction` of its free weights by magnitude, layer by layer, re-trains the rest for
-# `retrain_epochs` and freezes them; each task has its own batchnorm copy. Piggyback's side: the first task trained once more, last, in a new network
-# holding every other task.
+# `retrain_epochs` and freezes them; each task has its own batchnorm copy. Piggyback's side:
+# the first task trained once more, last, in a new network holding every other task.
 
 # %%
 packnet_config = ablations.packnet_config(recipe, epochs=lab.epochs, prune_fraction=prune_fraction,

@@ -233,10 +233,10 @@ class MaskedLayerFunction(torch.autograd.Function):
 
     Keeps x, W and s for backward (which exist anyway), not the masked weight: backward
     remakes it, gets ``dL/dx`` and ``dL/dW_eff`` from it (a conv's both from one
-    `convolution_backward` call: on CPU about a fifth faster than a call each, the same
-    numbers), frees it, then turns ``dL/dW_eff`` into ``dL/ds`` in place. So a layer's backward
-    holds two weight-sized buffers at a time, as fine-tuning's does. Under autocast the layer computes in the autocast
-    type (forward and backward alike); the scores' gradient is float32.
+    `convolution_backward` call: the same numbers as a call each, a little faster on CPU),
+    frees it, then turns ``dL/dW_eff`` into ``dL/ds`` in place. So a layer's backward holds two
+    weight-sized buffers at a time, as fine-tuning's does. Under autocast the layer computes in
+    the autocast type (forward and backward alike); the scores' gradient is float32.
     """
 
     @staticmethod
