@@ -11,7 +11,7 @@ frozen-BN piggyback run with the embedded recipe (seed 0, the notebooks' sizes) 
   committed recipe (``--deeper-backbone`` reuses a checkpoint; about 7.5 minutes to make one);
 - ``target-bn``: the committed backbone with its BN statistics re-estimated on the target's
   training images first, so that frozen BN sees no shift in low-level statistics;
-- ``longer``: three times the epochs.
+- ``longer``: ``--longer-factor`` times the epochs (3 by default).
 
 It also measures, per layer, the sign consistency of the score gradients after the head's
 warm-up, mean over weights of ``|E[g]| / sqrt(E[g^2])`` over 40 batches: Adam's expected step
@@ -54,7 +54,7 @@ def _setup(task: str, backbone: str | None):
     return pl, experiments, data, load_tiny_backbone(backbone), train
 
 
-def train_variant(variant: str, task: str, deeper: str) -> pd.DataFrame:
+def train_variant(variant: str, task: str, deeper: str, longer_factor: int) -> pd.DataFrame:
     """One frozen-BN piggyback run of `variant` on `task`: its per-layer sparsity and accuracies."""
     import torch
 
@@ -66,12 +66,12 @@ def train_variant(variant: str, task: str, deeper: str) -> pd.DataFrame:
         with torch.no_grad():
             recalibrate_batchnorm(backbone, [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)],
                                   train, device="cpu")
-    epochs = 3 * experiments.RECIPE_EPOCHS["embedded"] if variant == "longer" else None
+    epochs = longer_factor * experiments.RECIPE_EPOCHS["embedded"] if variant == "longer" else None
     config = experiments.train_config("piggyback", bn_mode="frozen", device="cpu", seed=0, epochs=epochs)
     net = pl.PiggybackNet(backbone, backbone_name="tiny")
     row = experiments.run(net, data, experiments.RunSpec(config), batch_size=train.batch_size).row
-    return layer_sparsity(net, row["name"]).assign(variant=variant, task=task, val_accuracy=row["val_accuracy"],
-                                                   accuracy=row["accuracy"])
+    return layer_sparsity(net, row["name"]).assign(variant=variant, task=task, epochs=config.epochs,
+                                                   val_accuracy=row["val_accuracy"], accuracy=row["accuracy"])
 
 
 def gradient_consistency(task: str, bn_mode: str) -> pd.DataFrame:
@@ -113,7 +113,8 @@ def thirds(layers: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (variant, task), run in layers.groupby(["variant", "task"], sort=False):
         first, last = depth_thirds(run)
-        rows.append({"variant": variant, "task": task, "layers": len(run), "val": run["val_accuracy"].iloc[0],
+        rows.append({"variant": variant, "task": task, "epochs": run["epochs"].iloc[0], "layers": len(run),
+                     "val": run["val_accuracy"].iloc[0],
                      "first_third": 100 * first, "last_third": 100 * last, "last_minus_first": 100 * (last - first)})
     return pd.DataFrame(rows)
 
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--deeper-backbone", type=Path, default=None,
                         help="a checkpoint of the deeper backbone (default: pretrain one into --out)")
+    parser.add_argument("--longer-factor", type=int, default=3, help="the `longer` variant's epochs, x the recipe's")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at a time, one process and thread each")
     parser.add_argument("--out", type=Path, default=Path("runs/depth-diagnostics"))
     args = parser.parse_args(argv)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     deeper = args.deeper_backbone or args.out / "deeper.safetensors"
     if "deeper" in args.variants and not deeper.exists():
         pretrain_tiny_backbone(output=deeper, **DEEPER)
-    runs = [(variant, task, str(deeper)) for variant in args.variants for task in args.tasks]
+    runs = [(variant, task, str(deeper), args.longer_factor) for variant in args.variants for task in args.tasks]
     probes = [(task, bn_mode) for task in args.tasks for bn_mode in ("frozen", "task")]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         layers = pd.concat(pool.map(train_variant, *zip(*runs)), ignore_index=True)
