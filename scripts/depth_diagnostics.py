@@ -4,7 +4,7 @@ how consistent each layer's score gradients are.
 The paper (§5, Fig. 3) finds that a task's mask changes more weights in the deeper layers. On
 the embedded tasks, frozen-BN piggyback changes *more* in the first third of the layers
 (data/README.md, "The misses"). This script tests the explanations one at a time, each a
-frozen-BN piggyback run with the embedded recipe (seed 0, the notebooks' sizes) per task:
+frozen-BN piggyback run with the embedded recipe (``--seed``, 0 by default; the notebooks' sizes) per task:
 
 - ``committed``: the committed tiny backbone, as in the demo;
 - ``deeper``: a 15-conv backbone (widths 24/48/96, two blocks per stage), pretrained with the
@@ -39,7 +39,7 @@ DEEPER = {"widths": (24, 48, 96), "blocks": 2}
 CONSISTENCY_BATCHES = 40
 
 
-def _setup(task: str, backbone: str | None):
+def _setup(task: str, backbone: str | None, seed: int):
     """In a worker: one thread; the lab's modules, `task`'s data, a tiny backbone and the training loader."""
     import torch
 
@@ -49,41 +49,41 @@ def _setup(task: str, backbone: str | None):
     from piggylab.backbones import load_tiny_backbone
     from piggylab.datasets import load_data, make_loaders
 
-    data = load_data(task, seed=0, scale=experiments.EMBEDDED_SCALE)
+    data = load_data(task, seed=seed, scale=experiments.EMBEDDED_SCALE)
     train = make_loaders(data, experiments.RECIPE_BATCH_SIZE["embedded"])[0]
     return pl, experiments, data, load_tiny_backbone(backbone), train
 
 
-def train_variant(variant: str, task: str, deeper: str, longer_factor: int) -> pd.DataFrame:
+def train_variant(variant: str, task: str, deeper: str, longer_factor: int, seed: int) -> pd.DataFrame:
     """One frozen-BN piggyback run of `variant` on `task`: its per-layer sparsity and accuracies."""
     import torch
 
     from piggylab.analysis import layer_sparsity
     from piggylab.train import recalibrate_batchnorm
 
-    pl, experiments, data, backbone, train = _setup(task, deeper if variant == "deeper" else None)
+    pl, experiments, data, backbone, train = _setup(task, deeper if variant == "deeper" else None, seed)
     if variant == "target-bn":
         with torch.no_grad():
             recalibrate_batchnorm(backbone, [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)],
                                   train, device="cpu")
     epochs = longer_factor * experiments.RECIPE_EPOCHS["embedded"] if variant == "longer" else None
-    config = experiments.train_config("piggyback", bn_mode="frozen", device="cpu", seed=0, epochs=epochs)
+    config = experiments.train_config("piggyback", bn_mode="frozen", device="cpu", seed=seed, epochs=epochs)
     net = pl.PiggybackNet(backbone, backbone_name="tiny")
     row = experiments.run(net, data, experiments.RunSpec(config), batch_size=train.batch_size).row
     return layer_sparsity(net, row["name"]).assign(variant=variant, task=task, epochs=config.epochs,
                                                    val_accuracy=row["val_accuracy"], accuracy=row["accuracy"])
 
 
-def gradient_consistency(task: str, bn_mode: str) -> pd.DataFrame:
+def gradient_consistency(task: str, bn_mode: str, seed: int) -> pd.DataFrame:
     """Per masked layer, the mean over its weights of |E[g]| / sqrt(E[g^2]) for the score gradients,
     after a one-epoch head warm-up (the embedded recipe's), over `CONSISTENCY_BATCHES` batches."""
     import torch
     import torch.nn.functional as F
 
-    pl, experiments, data, backbone, train = _setup(task, None)
-    torch.manual_seed(0)
+    pl, experiments, data, backbone, train = _setup(task, None, seed)
+    torch.manual_seed(seed)
     net = pl.PiggybackNet(backbone, backbone_name="tiny")
-    net.add_task(task, data.num_classes, task_bn=bn_mode == "task", seed=0)
+    net.add_task(task, data.num_classes, task_bn=bn_mode == "task", seed=seed)
     net.train()
     head_lr = experiments.EMBEDDED_RECIPES[("piggyback", bn_mode)]["lr"]
     head = torch.optim.Adam(net.task_parameters(task, scores=False, bn=False), lr=head_lr)
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deeper-backbone", type=Path, default=None,
                         help="a checkpoint of the deeper backbone (default: pretrain one into --out)")
     parser.add_argument("--longer-factor", type=int, default=3, help="the `longer` variant's epochs, x the recipe's")
+    parser.add_argument("--seed", type=int, default=0, help="the data's and the runs' seed")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at a time, one process and thread each")
     parser.add_argument("--out", type=Path, default=Path("runs/depth-diagnostics"))
     args = parser.parse_args(argv)
@@ -137,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     deeper = args.deeper_backbone or args.out / "deeper.safetensors"
     if "deeper" in args.variants and not deeper.exists():
         pretrain_tiny_backbone(output=deeper, **DEEPER)
-    runs = [(variant, task, str(deeper), args.longer_factor) for variant in args.variants for task in args.tasks]
-    probes = [(task, bn_mode) for task in args.tasks for bn_mode in ("frozen", "task")]
+    runs = [(variant, task, str(deeper), args.longer_factor, args.seed)
+            for variant in args.variants for task in args.tasks]
+    probes = [(task, bn_mode, args.seed) for task in args.tasks for bn_mode in ("frozen", "task")]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         layers = pd.concat(pool.map(train_variant, *zip(*runs)), ignore_index=True)
         consistency = pd.concat(pool.map(gradient_consistency, *zip(*probes)), ignore_index=True)
