@@ -19,6 +19,8 @@ per weight, relative to its lr, with frozen and with task BN.
 
     python scripts/depth_diagnostics.py --jobs 2      # about 15 minutes on 2 idle cores, and 7.5
                                                       # more to pretrain the deeper backbone
+    python scripts/depth_diagnostics.py --variants longer --longer-factor 9 --seed 1
+                                                      # the paper's step scale: 20-25 min per seed
 
 Writes ``layers.csv`` (one row per run and layer) and ``consistency.csv`` into ``--out`` and
 prints the first- and last-third summaries.
