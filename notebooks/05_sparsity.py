@@ -130,6 +130,7 @@ lab.finish(results)
 #    misses"). Train one task with its own BN and compare the thirds:
 #    `rows, _ = lab.compare(net, lab.data("accents"), [lab.spec("piggyback", bn_mode="task")])`,
 #    then `pd.concat([main, rows])[["task", "label", "first_third_sparsity", "last_third_sparsity"]]`.
-#    `scripts/depth_diagnostics.py` tests four explanations of the difference.
+#    `scripts/depth_diagnostics.py` tests three explanations of the difference (a deeper
+#    backbone, the target's BN statistics, more steps): only more steps turn the trend.
 # 3. **Entropy coding.** Predict the `rice` size of a mask with 1% zeros against one with 20%,
 #    then compare two rows of the storage table.

@@ -11,7 +11,7 @@ frozen-BN piggyback run with the embedded recipe (``--seed``, 0 by default; the 
   committed recipe (``--deeper-backbone`` reuses a checkpoint; about 7.5 minutes to make one);
 - ``target-bn``: the committed backbone with its BN statistics re-estimated on the target's
   training images first, so that frozen BN sees no shift in low-level statistics;
-- ``longer``: ``--longer-factor`` times the epochs (3 by default).
+- ``longer``: ``--longer-factor`` times the epochs (3 by default; several factors, one run each).
 
 It also measures, per layer, the sign consistency of the score gradients after the head's
 warm-up, mean over weights of ``|E[g]| / sqrt(E[g^2])`` over 40 batches: Adam's expected step
@@ -21,9 +21,13 @@ per weight, relative to its lr, with frozen and with task BN.
                                                       # more to pretrain the deeper backbone
     python scripts/depth_diagnostics.py --variants longer --longer-factor 9 --seed 1
                                                       # the paper's step scale: 20-25 min per seed
+    python scripts/depth_diagnostics.py --variants committed longer --longer-factor 3 5 9
+                                                      # C7's parts by the number of steps: 50 min
 
 Writes ``layers.csv`` (one row per run and layer) and ``consistency.csv`` into ``--out`` and
-prints the first- and last-third summaries.
+prints the first- and last-third summaries, then per variant and number of epochs each task's
+overall sparsity and its Spearman correlation with the tasks' order (``--tasks``, near to far):
+C7's other part, which a change that fixes the depth trend could break.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ def _setup(task: str, backbone: str | None, seed: int):
 
 
 def train_variant(variant: str, task: str, deeper: str, longer_factor: int, seed: int) -> pd.DataFrame:
-    """One frozen-BN piggyback run of `variant` on `task`: its per-layer sparsity and accuracies."""
+    """One frozen-BN piggyback run of `variant` on `task` (`longer`: `longer_factor` times the recipe's
+    epochs): its per-layer sparsity and accuracies."""
     import torch
 
     from piggylab.analysis import layer_sparsity
@@ -113,12 +118,24 @@ def thirds(layers: pd.DataFrame) -> pd.DataFrame:
     from piggylab.analysis import depth_thirds
 
     rows = []
-    for (variant, task), run in layers.groupby(["variant", "task"], sort=False):
+    for (variant, epochs, task), run in layers.groupby(["variant", "epochs", "task"], sort=False):
         first, last = depth_thirds(run)
-        rows.append({"variant": variant, "task": task, "epochs": run["epochs"].iloc[0], "layers": len(run),
+        rows.append({"variant": variant, "task": task, "epochs": epochs, "layers": len(run),
                      "val": run["val_accuracy"].iloc[0],
                      "first_third": 100 * first, "last_third": 100 * last, "last_minus_first": 100 * (last - first)})
     return pd.DataFrame(rows)
+
+
+def by_distance(layers: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """Per variant and number of epochs: each task's overall sparsity in % (zeros over all its masked
+    weights, as `piggylab.analysis.overall_sparsity`) and its Spearman correlation with the order of
+    `tasks` (near to far), as C7 computes it (`piggylab.claims.spearman`)."""
+    from piggylab.claims import spearman
+
+    totals = layers.groupby(["variant", "epochs", "task"], sort=False)[["zeros", "weights"]].sum()
+    sparsity = (100 * totals["zeros"] / totals["weights"]).unstack("task")[tasks]
+    order = list(range(len(tasks)))
+    return sparsity.assign(spearman=[spearman(order, row) for row in sparsity.to_numpy()])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--deeper-backbone", type=Path, default=None,
                         help="a checkpoint of the deeper backbone (default: pretrain one into --out)")
-    parser.add_argument("--longer-factor", type=int, default=3, help="the `longer` variant's epochs, x the recipe's")
+    parser.add_argument("--longer-factor", type=int, nargs="+", default=[3],
+                        help="the `longer` variant's epochs, x the recipe's (one run per factor and task)")
     parser.add_argument("--seed", type=int, default=0, help="the data's and the runs' seed")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at a time, one process and thread each")
     parser.add_argument("--out", type=Path, default=Path("runs/depth-diagnostics"))
@@ -140,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     deeper = args.deeper_backbone or args.out / "deeper.safetensors"
     if "deeper" in args.variants and not deeper.exists():
         pretrain_tiny_backbone(output=deeper, **DEEPER)
-    runs = [(variant, task, str(deeper), args.longer_factor, args.seed)
-            for variant in args.variants for task in args.tasks]
+    runs = [(variant, task, str(deeper), factor, args.seed) for variant in args.variants
+            for factor in (args.longer_factor if variant == "longer" else [1]) for task in args.tasks]
     probes = [(task, bn_mode, args.seed) for task in args.tasks for bn_mode in ("frozen", "task")]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         layers = pd.concat(pool.map(train_variant, *zip(*runs)), ignore_index=True)
@@ -149,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "layers.csv", layers.to_csv(index=False))
     atomic_write_text(args.out / "consistency.csv", consistency.to_csv(index=False))
     print(thirds(layers).round(2).to_string(index=False))
+    print(by_distance(layers, args.tasks).round(2).to_string())
     print(consistency.pivot_table("consistency", ["task", "bn_mode"], "depth", sort=False).round(2).to_string())
     return 0
 
