@@ -60,9 +60,9 @@ def _setup(task: str, backbone: str | None, seed: int):
     return pl, experiments, data, load_tiny_backbone(backbone), train
 
 
-def train_variant(variant: str, task: str, deeper: str, longer_factor: int, seed: int) -> pd.DataFrame:
-    """One frozen-BN piggyback run of `variant` on `task` (`longer`: `longer_factor` times the recipe's
-    epochs): its per-layer sparsity and accuracies."""
+def train_variant(variant: str, task: str, deeper: str, epochs_factor: int, seed: int) -> pd.DataFrame:
+    """One frozen-BN piggyback run of `variant` on `task` for `epochs_factor` times the recipe's epochs:
+    its per-layer sparsity and accuracies."""
     import torch
 
     from piggylab.analysis import layer_sparsity
@@ -73,7 +73,7 @@ def train_variant(variant: str, task: str, deeper: str, longer_factor: int, seed
         with torch.no_grad():
             recalibrate_batchnorm(backbone, [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)],
                                   train, device="cpu")
-    epochs = longer_factor * experiments.RECIPE_EPOCHS["embedded"] if variant == "longer" else None
+    epochs = epochs_factor * experiments.RECIPE_EPOCHS["embedded"]
     config = experiments.train_config("piggyback", bn_mode="frozen", device="cpu", seed=seed, epochs=epochs)
     net = pl.PiggybackNet(backbone, backbone_name="tiny")
     row = experiments.run(net, data, experiments.RunSpec(config), batch_size=train.batch_size).row
